@@ -1,0 +1,149 @@
+"""Transformer building blocks shared by the Kronos tokenizer and model.
+
+Parameter names follow the public checkpoints so their state dicts load unchanged.
+Every attention layer can run over a whole sequence (causal, returning its keys and
+values for a cache) or over one new position per row against a key/value cache.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROPE_BASE = 10000.0
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32, as in the reference."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(torch.mean(x32 * x32, dim=-1, keepdim=True) + self.eps)
+        return x32.type_as(x) * self.weight
+
+
+class FeedForward(nn.Module):
+    """SwiGLU feed-forward without bias: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, d_model: int, ff_dim: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(d_model, ff_dim, bias=False)
+        self.w3 = nn.Linear(d_model, ff_dim, bias=False)
+        self.w2 = nn.Linear(ff_dim, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class RotaryTable:
+    """Cos/sin tables of rotate-half rotary embeddings, grown on demand."""
+
+    def __init__(self, head_dim: int) -> None:
+        self.inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        self._cos = torch.empty(0, head_dim)
+        self._sin = torch.empty(0, head_dim)
+
+    def _grow(self, length: int) -> None:
+        positions = torch.arange(length, dtype=torch.float32)
+        freqs = torch.outer(positions, self.inv_freq)
+        angles = torch.cat((freqs, freqs), dim=-1)
+        self._cos, self._sin = angles.cos(), angles.sin()
+
+    def span(self, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables for positions 0..length-1, shaped [1, 1, length, head_dim]."""
+        if self._cos.shape[0] < length:
+            self._grow(max(length, 2 * self._cos.shape[0]))
+        cos = self._cos[:length].to(like.device, like.dtype)
+        sin = self._sin[:length].to(like.device, like.dtype)
+        return cos[None, None], sin[None, None]
+
+    def at(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables for one position per row, shaped [rows, 1, 1, head_dim]."""
+        needed = int(positions.max().item()) + 1 if positions.numel() else 0
+        if self._cos.shape[0] < needed:
+            self._grow(max(needed, 2 * self._cos.shape[0]))
+        index = positions.cpu()
+        cos = self._cos[index].to(like.device, like.dtype)
+        sin = self._sin[index].to(like.device, like.dtype)
+        return cos[:, None, None], sin[:, None, None]
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Apply the rotate-half rotary embedding."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+
+class SelfAttention(nn.Module):
+    """Causal multi-head self-attention with rotary positions and biased projections."""
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        rows, length, _ = x.shape
+        return x.view(rows, length, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        rows, _, length, _ = x.shape
+        return self.out_proj(x.transpose(1, 2).reshape(rows, length, -1))
+
+    def forward_full(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Causal attention over the whole sequence; returns output, keys, values."""
+        cos, sin = rope
+        q = rotate(self._heads(self.q_proj(x)), cos, sin)
+        k = rotate(self._heads(self.k_proj(x)), cos, sin)
+        v = self._heads(self.v_proj(x))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self._merge(out), k, v
+
+    def forward_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                     cache_k: torch.Tensor, cache_v: torch.Tensor, write_at: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+        """One new position per row: write its key/value at ``write_at`` and attend to ``mask``."""
+        cos, sin = rope
+        q = rotate(self._heads(self.q_proj(x)), cos, sin)
+        k = rotate(self._heads(self.k_proj(x)), cos, sin)
+        v = self._heads(self.v_proj(x))
+        rows = torch.arange(x.shape[0], device=x.device)
+        cache_k[rows, :, write_at] = k[:, :, 0]
+        cache_v[rows, :, write_at] = v[:, :, 0]
+        span = mask.shape[-1]
+        out = F.scaled_dot_product_attention(q, cache_k[:, :, :span], cache_v[:, :, :span],
+                                             attn_mask=mask)
+        return self._merge(out)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(norm1 x), then + ffn(norm2 x)."""
+
+    def __init__(self, d_model: int, n_heads: int, ff_dim: int) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(d_model)
+        self.self_attn = SelfAttention(d_model, n_heads)
+        self.norm2 = RMSNorm(d_model)
+        self.ffn = FeedForward(d_model, ff_dim)
+
+    def forward_full(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        attn, k, v = self.self_attn.forward_full(self.norm1(x), rope)
+        x = x + attn
+        return x + self.ffn(self.norm2(x)), k, v
+
+    def forward_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                     cache_k: torch.Tensor, cache_v: torch.Tensor, write_at: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn.forward_step(self.norm1(x), rope, cache_k, cache_v, write_at, mask)
+        return x + self.ffn(self.norm2(x))

@@ -1,0 +1,84 @@
+"""Token sampling: temperature, top-k or top-p (nucleus), with one generator per series."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one series. ``top_k > 0`` wins over ``top_p`` (as in the reference)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.9
+    sample_count: int = 1
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if not (0 < self.temperature < float("inf")):
+            raise InputError("temperature", "must be a positive number")
+        if self.top_k < 0:
+            raise InputError("top_k", "must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise InputError("top_p", "must be in (0, 1]")
+        if self.sample_count < 1:
+            raise InputError("sample_count", "must be >= 1")
+
+    @property
+    def greedy(self) -> bool:
+        return self.top_k == 1
+
+
+def filter_logits(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Mask logits [rows, vocab] outside each row's top-k (k > 0) or top-p nucleus (k == 0)."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    vocab = logits.shape[-1]
+    kth = sorted_logits.gather(-1, (top_k.clamp(1, vocab) - 1)[:, None])
+    remove_k = (logits < kth) & (top_k > 0)[:, None]
+    cumulative = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
+    beyond = cumulative > top_p[:, None]
+    beyond = torch.cat([torch.zeros_like(beyond[:, :1]), beyond[:, :-1]], dim=-1)
+    remove_p = torch.zeros_like(beyond).scatter(-1, order, beyond)
+    remove_p &= ((top_k == 0) & (top_p < 1.0))[:, None]
+    return logits.masked_fill(remove_k | remove_p, float("-inf"))
+
+
+class RowSampler:
+    """Samples one token per row; the rows of a series draw from that series' generator.
+
+    Each series draws once per call, over its own rows in order, so its samples do not
+    depend on which other series share the batch.
+    """
+
+    def __init__(self, params: list[SamplingParams], row_series: list[int],
+                 generators: list[torch.Generator], device: torch.device) -> None:
+        self.row_series = row_series
+        self.generators = generators
+        rows = [params[s] for s in row_series]
+        self.temperature = torch.tensor([p.temperature for p in rows], device=device)
+        self.top_k = torch.tensor([p.top_k for p in rows], device=device)
+        self.top_p = torch.tensor([p.top_p for p in rows], device=device)
+        self.greedy = [p.greedy for p in params]
+
+    def __call__(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Token ids for ``rows`` (global row numbers, ascending) from their logits [len(rows), vocab]."""
+        if all(self.greedy[self.row_series[r]] for r in rows):
+            return logits.argmax(dim=-1)
+        index = torch.tensor(rows, device=logits.device)
+        scaled = logits.float() / self.temperature[index, None]
+        probs = torch.softmax(filter_logits(scaled, self.top_k[index], self.top_p[index]), dim=-1)
+        out = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        start = 0
+        while start < len(rows):
+            series = self.row_series[rows[start]]
+            end = start
+            while end < len(rows) and self.row_series[rows[end]] == series:
+                end += 1
+            out[start:end] = torch.multinomial(probs[start:end], 1,
+                                               generator=self.generators[series])[:, 0]
+            start = end
+        return out

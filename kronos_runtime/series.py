@@ -1,0 +1,163 @@
+"""Input handling: columns, validation, normalisation and time features, as the reference does."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+ALL_COLUMNS = PRICE_COLUMNS + ("volume", "amount")
+TIME_FEATURES = ("minute", "hour", "weekday", "day", "month")
+CLIP = 5.0
+STD_EPS = 1e-5
+MIN_HISTORY = 2
+DEFAULT_START = pd.Timestamp("2000-01-03")  # a Monday: anchors synthesized timestamps
+
+
+@dataclass
+class PreparedSeries:
+    """A validated, normalised series ready for the forecaster."""
+
+    values: np.ndarray          # [T, 6] normalised and clipped, float32
+    mean: np.ndarray            # [6] float32
+    std: np.ndarray             # [6] float32
+    history_stamps: np.ndarray  # [T, 5] float32 time features
+    future_stamps: np.ndarray   # [H, 5]
+    future_index: pd.DatetimeIndex
+    history_start: pd.Timestamp
+    history_end: pd.Timestamp
+
+    @property
+    def length(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def horizon(self) -> int:
+        return self.future_stamps.shape[0]
+
+    def denormalise(self, values: np.ndarray) -> np.ndarray:
+        return values * (self.std + STD_EPS) + self.mean
+
+
+def time_features(index: pd.DatetimeIndex) -> np.ndarray:
+    """Minute, hour, weekday (Mon=0), day and month of each timestamp, float32 [n, 5]."""
+    return np.stack([index.minute, index.hour, index.weekday, index.day, index.month],
+                    axis=1).astype(np.float32)
+
+
+def normalise_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Lower-case column names and reject unknown or missing ones."""
+    renamed = frame.rename(columns=lambda c: str(c).strip().lower())
+    unknown = [c for c in renamed.columns if c not in ALL_COLUMNS]
+    if unknown:
+        raise InputError("columns", f"unknown columns {unknown}; expected {list(ALL_COLUMNS)}")
+    if renamed.columns.duplicated().any():
+        raise InputError("columns", "duplicate column names")
+    missing = [c for c in PRICE_COLUMNS if c not in renamed.columns]
+    if missing:
+        raise InputError("columns", f"missing price columns {missing}")
+    if "amount" in renamed.columns and "volume" not in renamed.columns:
+        raise InputError("columns", "'amount' given without 'volume'")
+    return renamed
+
+
+def complete_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add volume/amount as the reference does: no volume -> both 0; no amount -> volume * mean price."""
+    frame = frame.copy()
+    if "volume" not in frame.columns:
+        frame["volume"] = 0.0
+        frame["amount"] = 0.0
+    if "amount" not in frame.columns:
+        frame["amount"] = frame["volume"] * frame[list(PRICE_COLUMNS)].mean(axis=1)
+    return frame[list(ALL_COLUMNS)]
+
+
+def to_datetime_index(values: Sequence | pd.Index | None, field: str) -> pd.DatetimeIndex | None:
+    if values is None:
+        return None
+    try:
+        if len(values) and all(isinstance(v, (int, float, np.integer, np.floating))
+                               and not isinstance(v, bool) for v in values):
+            raise InputError(field, "timestamps must be ISO-8601 strings or datetimes, not numbers")
+        index = pd.DatetimeIndex(pd.to_datetime(list(values)))
+    except InputError:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(field, f"cannot parse timestamps ({type(exc).__name__})") from exc
+    if index.tz is not None:
+        index = index.tz_convert("UTC").tz_localize(None)
+    if index.hasnans:
+        raise InputError(field, "timestamps contain missing values")
+    return index
+
+
+def check_increasing(index: pd.DatetimeIndex, field: str) -> None:
+    if len(index) > 1 and not (np.diff(index.asi8) > 0).all():
+        position = int(np.argmax(np.diff(index.asi8) <= 0)) + 1
+        raise InputError(field, f"timestamps must be strictly increasing (position {position})")
+
+
+def continue_index(index: pd.DatetimeIndex, periods: int) -> pd.DatetimeIndex:
+    """``periods`` timestamps after ``index`` at its step (pandas frequency, else the usual gap)."""
+    freq = pd.infer_freq(index) if len(index) >= 3 else None
+    if freq is not None:
+        return pd.date_range(start=index[-1], periods=periods + 1, freq=freq)[1:]
+    gaps = np.diff(index.asi8)
+    values, counts = np.unique(gaps, return_counts=True)
+    step = pd.Timedelta(int(values[np.argmax(counts)]), unit="ns")
+    return pd.DatetimeIndex([index[-1] + step * (i + 1) for i in range(periods)])
+
+
+def prepare_series(data: pd.DataFrame, pred_len: int, timestamps: Sequence | None = None,
+                   future_timestamps: Sequence | None = None, lookback: int | None = None,
+                   default_freq: str = "1D") -> PreparedSeries:
+    """Validate and normalise one series exactly as the reference predictor does."""
+    if not isinstance(pred_len, (int, np.integer)) or isinstance(pred_len, bool) or pred_len < 1:
+        raise InputError("pred_len", "must be a positive integer")
+    frame = normalise_columns(data)
+    try:
+        frame = frame.apply(lambda column: pd.to_numeric(column, errors="raise")).astype(np.float64)
+    except (ValueError, TypeError) as exc:
+        raise InputError("data", "values must be numbers") from exc
+    frame = complete_columns(frame)
+    history = to_datetime_index(timestamps, "timestamps")
+    if history is not None and len(history) != len(frame):
+        raise InputError("timestamps", f"has {len(history)} entries for {len(frame)} rows")
+    if lookback is not None:
+        if lookback < MIN_HISTORY:
+            raise InputError("lookback", f"must be at least {MIN_HISTORY}")
+        frame = frame.iloc[-lookback:]
+        history = history[-lookback:] if history is not None else None
+    if len(frame) < MIN_HISTORY:
+        raise InputError("data", f"needs at least {MIN_HISTORY} rows, got {len(frame)}")
+    raw = frame.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(raw)
+    if bad.any():
+        row, col = map(int, np.argwhere(bad)[0])
+        raise InputError("data", f"row {row} column '{ALL_COLUMNS[col]}' is NaN or infinite")
+    if history is None:
+        history = pd.date_range(start=DEFAULT_START, periods=len(frame), freq=default_freq)
+    check_increasing(history, "timestamps")
+
+    future = to_datetime_index(future_timestamps, "future_timestamps")
+    if future is None:
+        future = continue_index(history, pred_len)
+    elif len(future) != pred_len:
+        raise InputError("future_timestamps", f"has {len(future)} entries, pred_len is {pred_len}")
+    else:
+        check_increasing(future, "future_timestamps")
+        if future[0] <= history[-1]:
+            raise InputError("future_timestamps", "must start after the last input timestamp")
+
+    values = raw.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise InputError("data", "values overflow float32")
+    mean, std = np.mean(values, axis=0), np.std(values, axis=0)
+    normalised = np.clip((values - mean) / (std + STD_EPS), -CLIP, CLIP)
+    return PreparedSeries(values=normalised.astype(np.float32), mean=mean, std=std,
+                          history_stamps=time_features(history), future_stamps=time_features(future),
+                          future_index=future, history_start=history[0], history_end=history[-1])
