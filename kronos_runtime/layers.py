@@ -36,8 +36,17 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(d_model, ff_dim, bias=False)
         self.w2 = nn.Linear(ff_dim, d_model, bias=False)
 
+        self._w13: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        """Stack w1 and w3 into one matrix (one read of the weights per step)."""
+        self._w13 = torch.cat([self.w1.weight, self.w3.weight])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self._w13 is None:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = F.linear(x, self._w13).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class RotaryTable:
@@ -90,10 +99,27 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
+        self._qkv: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def fuse(self) -> None:
+        """Stack the q/k/v projections into one matrix (one read of the weights per step)."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        self._qkv = (torch.cat([p.weight for p in projections]),
+                     torch.cat([p.bias for p in projections]))
+
+    def _project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotated queries and keys, and values, each [rows, heads, length, head_dim]."""
+        if self._qkv is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q, k, v = F.linear(x, *self._qkv).chunk(3, dim=-1)
+        cos, sin = rope
+        return rotate(self._heads(q), cos, sin), rotate(self._heads(k), cos, sin), self._heads(v)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         rows, length, _ = x.shape
-        return x.view(rows, length, self.n_heads, self.head_dim).transpose(1, 2)
+        return x.reshape(rows, length, self.n_heads, self.head_dim).transpose(1, 2)
 
     def _merge(self, x: torch.Tensor) -> torch.Tensor:
         rows, _, length, _ = x.shape
@@ -102,10 +128,7 @@ class SelfAttention(nn.Module):
     def forward_full(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Causal attention over the whole sequence; returns output, keys, values."""
-        cos, sin = rope
-        q = rotate(self._heads(self.q_proj(x)), cos, sin)
-        k = rotate(self._heads(self.k_proj(x)), cos, sin)
-        v = self._heads(self.v_proj(x))
+        q, k, v = self._project(x, rope)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self._merge(out), k, v
 
@@ -113,10 +136,7 @@ class SelfAttention(nn.Module):
                      cache_k: torch.Tensor, cache_v: torch.Tensor, write_at: torch.Tensor,
                      mask: torch.Tensor) -> torch.Tensor:
         """One new position per row: write its key/value at ``write_at`` and attend to ``mask``."""
-        cos, sin = rope
-        q = rotate(self._heads(self.q_proj(x)), cos, sin)
-        k = rotate(self._heads(self.k_proj(x)), cos, sin)
-        v = self._heads(self.v_proj(x))
+        q, k, v = self._project(x, rope)
         rows = torch.arange(x.shape[0], device=x.device)
         cache_k[rows, :, write_at] = k[:, :, 0]
         cache_v[rows, :, write_at] = v[:, :, 0]
@@ -147,3 +167,10 @@ class TransformerBlock(nn.Module):
                      mask: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn.forward_step(self.norm1(x), rope, cache_k, cache_v, write_at, mask)
         return x + self.ffn(self.norm2(x))
+
+
+def fuse_projections(module: nn.Module) -> None:
+    """Fuse the projections of every attention and feed-forward layer in ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, (SelfAttention, FeedForward)):
+            layer.fuse()

@@ -15,6 +15,7 @@ from torch import nn
 
 from .config import ModelConfig, TokenizerConfig
 from .errors import CheckpointError
+from .layers import fuse_projections
 from .model import KronosModel
 from .tokenizer import KronosTokenizer
 
@@ -92,7 +93,9 @@ def _load(build: Callable[[dict], M], source: str | Path, device: str | torch.de
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory}/config.json: {exc}") from exc
     load_weights(module, read_state_dict(directory), str(directory))
-    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    module = module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    fuse_projections(module)
+    return module
 
 
 def load_tokenizer(source: str | Path, device: str | torch.device = "cpu",

@@ -1,6 +1,7 @@
 """Input handling: columns, validation, normalisation and time features, as the reference does."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -83,7 +84,9 @@ def to_datetime_index(values: Sequence | pd.Index | None, field: str) -> pd.Date
         if len(values) and all(isinstance(v, (int, float, np.integer, np.floating))
                                and not isinstance(v, bool) for v in values):
             raise InputError(field, "timestamps must be ISO-8601 strings or datetimes, not numbers")
-        index = pd.DatetimeIndex(pd.to_datetime(list(values)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "could not infer format"
+            index = pd.DatetimeIndex(pd.to_datetime(list(values)))
     except InputError:
         raise
     except (ValueError, TypeError, OverflowError) as exc:

@@ -1,0 +1,29 @@
+# Kronos serving bundle. Quickstart: `make serve`, `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 3000
+
+.PHONY: install test serve bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	# The reference implementation is the test oracle only; its own deps are pinned above.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps kronos-model-arch==0.1.0
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+serve: install
+	$(BIN)/python scripts/serve.py --port $(PORT)
+
+bench: install
+	$(BIN)/python scripts/bench_runtime.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

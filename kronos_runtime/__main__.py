@@ -1,0 +1,6 @@
+"""``python -m kronos_runtime``: see :mod:`kronos_runtime.cli`."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

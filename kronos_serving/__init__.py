@@ -1,0 +1,1 @@
+"""BentoML serving of the Kronos runtime: settings, model variants, batching, HTTP schemas."""

@@ -1,0 +1,86 @@
+"""Service settings: ``configuration/kronos.yaml`` (or ``KRONOS_CONFIG``), then ``KRONOS_*`` env."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configuration" / "kronos.yaml"
+ENV_PREFIX = "KRONOS_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = ""
+    tokenizer: str = ""
+    model_revision: str = ""
+    tokenizer_revision: str = ""
+    hub_cache_dir: str = ""
+    dev_fallback: bool = True
+    variants: str = ""
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 0
+    max_context: int = 0
+    sliding: str = "exact"
+    default_pred_len: int = 24
+    max_pred_len: int = 512
+    max_lookback: int = 2048
+    max_sample_count: int = 32
+    max_batch_items: int = 64
+    default_temperature: float = 1.0
+    default_top_k: int = 0
+    default_top_p: float = 0.9
+    default_sample_count: int = 1
+    max_batch_series: int = 64
+    max_batch_rows: int = 256
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    workers: int = 1
+    cpu: int = 2
+    memory: str = "4Gi"
+    gpu: int = 1
+    timeout_s: int = 300
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def _coerce(kind: type, name: str, raw: object) -> object:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"setting {name}: expected a boolean, got {raw!r}")
+    try:
+        return kind(raw) if raw is not None else kind()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"setting {name}: expected {kind.__name__}, got {raw!r}") from exc
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults < YAML file < environment variables."""
+    environ = os.environ if environ is None else environ
+    path = Path(environ.get("KRONOS_CONFIG", DEFAULT_CONFIG))
+    values: dict[str, object] = {}
+    if path.is_file():
+        values.update(yaml.safe_load(path.read_text()) or {})
+    known = {f.name: f for f in fields(Settings)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {unknown}")
+    for name in known:
+        if ENV_PREFIX + name.upper() in environ:
+            values[name] = environ[ENV_PREFIX + name.upper()]
+    types = {"str": str, "int": int, "float": float, "bool": bool}
+    coerced = {name: _coerce(types[known[name].type], name, value) for name, value in values.items()}
+    return dataclasses.replace(Settings(), **coerced)

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Reference predictor vs our runtime: same random weights, same data, one run each.
+
+Prints seconds per forecast and the speed-up ratio against the reference measured in the same
+run, plus how far each of our modes is from the reference's greedy forecast.
+
+Example (the README numbers): python scripts/bench_runtime.py --shape small --lookback 400 \
+    --horizon 120 --paths 1 8
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kronos_runtime import ForecastRequest, KronosForecaster, SamplingParams  # noqa: E402
+from kronos_runtime.dev_checkpoint import MAX_CONTEXT, MODEL_SHAPES, write_pair  # noqa: E402
+
+
+def candles(rows: int, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
+    rng = np.random.default_rng(seed)
+    close = 100 + np.cumsum(rng.normal(scale=0.5, size=rows))
+    frame = pd.DataFrame({"open": close + rng.normal(scale=0.2, size=rows), "high": close + 1,
+                          "low": close - 1, "close": close, "volume": rng.uniform(1e3, 5e3, rows)})
+    return frame, pd.Series(pd.date_range("2024-01-02 09:30", periods=rows, freq="5min"))
+
+
+def reference_seconds(checkpoint, frame, stamps, future, horizon, max_context, paths):
+    from model import Kronos, KronosPredictor, KronosTokenizer
+
+    model = Kronos.from_pretrained(str(checkpoint[0])).eval()
+    tokenizer = KronosTokenizer.from_pretrained(str(checkpoint[1])).eval()
+    predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=max_context)
+    start = time.perf_counter()
+    out = predictor.predict(frame, stamps, future, horizon, T=1.0, top_k=1, top_p=1.0,
+                            sample_count=paths, verbose=False)
+    return time.perf_counter() - start, out.to_numpy()
+
+
+def ours_seconds(checkpoint, frame, stamps, future, horizon, max_context, paths, sliding, dtype):
+    forecaster = KronosForecaster.from_pretrained(*checkpoint, max_context=max_context,
+                                                  sliding=sliding, dtype=dtype)
+    request = ForecastRequest(frame, horizon, timestamps=stamps, future_timestamps=future,
+                              sampling=SamplingParams(top_k=1, sample_count=paths))
+    forecaster.forecast([ForecastRequest(frame.iloc[:16], 2, timestamps=stamps.iloc[:16])])  # warm-up
+    start = time.perf_counter()
+    out = forecaster.forecast([request])[0]
+    return time.perf_counter() - start, out.mean.to_numpy()
+
+
+def relative_deviation(ours: np.ndarray, reference: np.ndarray) -> float:
+    scale = np.abs(reference).max(axis=0) + 1e-9
+    return float(np.abs((ours - reference) / scale).max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(MODEL_SHAPES), default="small")
+    parser.add_argument("--lookback", type=int, default=400)
+    parser.add_argument("--horizon", type=int, default=120)
+    parser.add_argument("--max-context", type=int, help="default: the shape's context")
+    parser.add_argument("--paths", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--modes", nargs="+", default=["exact", "approximate"],
+                        help="sliding modes, optionally with a dtype: exact approximate:bfloat16")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    max_context = args.max_context or MAX_CONTEXT[args.shape]
+    frame, stamps = candles(args.lookback)
+    future = pd.Series(pd.date_range(stamps.iloc[-1] + pd.Timedelta("5min"), periods=args.horizon,
+                                     freq="5min"))
+    print(f"shape={args.shape} lookback={args.lookback} horizon={args.horizon} "
+          f"max_context={max_context} threads={args.threads} torch={torch.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = write_pair(Path(tmp), args.shape, seed=0)
+        for paths in args.paths:
+            ref_s, ref_out = reference_seconds(checkpoint, frame, stamps, future, args.horizon,
+                                               max_context, paths)
+            print(f"paths={paths} reference: {ref_s:.2f} s")
+            for mode in args.modes:
+                sliding, _, dtype = mode.partition(":")
+                ours_s, ours_out = ours_seconds(checkpoint, frame, stamps, future, args.horizon,
+                                                max_context, paths, sliding, dtype or "float32")
+                print(f"paths={paths} ours[{mode}]: {ours_s:.2f} s  ratio {ref_s / ours_s:.1f}x  "
+                      f"max relative deviation from reference {relative_deviation(ours_out, ref_out):.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Kronos forecasting service (BentoML 1.4).
+
+Routes: POST /v1/predict/single, POST /v1/predict/batch, GET /v1/healthz, /v1/readyz, /v1/metrics
+(plus BentoML's own /healthz, /readyz, /metrics). Every request goes through the variant's
+batcher, so concurrent requests run as one ragged runtime call. Run: ``make serve``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kronos_runtime import CheckpointError, InputError  # noqa: E402
+from kronos_serving.batcher import QueueFull  # noqa: E402
+from kronos_serving.health import health_app  # noqa: E402
+from kronos_serving.metrics import METRICS  # noqa: E402
+from kronos_serving.requests import to_forecast_request, to_response  # noqa: E402
+from kronos_serving.routing import choose  # noqa: E402
+from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
+from kronos_serving.settings import Settings, load_settings  # noqa: E402
+from kronos_serving.variants import Variant, load_variant, resolve_sources  # noqa: E402
+
+log = logging.getLogger("kronos.service")
+SETTINGS = load_settings()
+
+
+def service_resources(settings: Settings) -> dict[str, Any]:
+    """BentoML resource hints; a GPU only when the device is CUDA."""
+    resources: dict[str, Any] = {"cpu": str(settings.cpu), "memory": settings.memory}
+    if settings.uses_gpu:
+        resources["gpu"] = settings.gpu
+    return resources
+
+
+class RequestFailed(Exception):
+    """An error answered with ``status`` and a JSON body naming the field."""
+
+    def __init__(self, status: int, error: str, field: str | None = None,
+                 retry_after: int | None = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.field, self.retry_after = status, error, field, retry_after
+
+
+@bentoml.asgi_app(health_app, path="/v1")
+@bentoml.service(name="kronos", resources=service_resources(SETTINGS), workers=SETTINGS.workers,
+                 traffic={"timeout": SETTINGS.timeout_s})
+class KronosService:
+    """Single and batch forecasts over one or more (A/B) Kronos model variants."""
+
+    def __init__(self) -> None:
+        self.settings = SETTINGS
+        if SETTINGS.threads:
+            torch.set_num_threads(SETTINGS.threads)
+        self.variants: list[Variant] = []
+        self.load_error: str | None = None
+        self.loading = threading.Thread(target=self._load, name="kronos-model-load", daemon=True)
+        self.loading.start()
+
+    # -- model lifecycle ---------------------------------------------------------------------
+    def _load(self) -> None:
+        try:
+            self.variants = [load_variant(self.settings, source, weight)
+                             for source, weight in resolve_sources(self.settings)]
+        except Exception as exc:  # a bad model must not crash-loop the worker: readyz says why
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("model load failed", exc_info=not isinstance(exc, CheckpointError),
+                      extra={"event": "model_load_failed", "error": self.load_error})
+
+    def __is_ready__(self) -> bool:
+        return bool(self.variants)
+
+    def readiness(self) -> dict[str, Any]:
+        """What /v1/readyz reports."""
+        if not self.variants:
+            return {"ready": False, "status": "failed" if self.load_error else "loading",
+                    "error": self.load_error}
+        first = self.variants[0]
+        return {"ready": True, "status": "ready", "device": first.device,
+                "model": first.source.name, "model_version": first.version,
+                "max_context": first.forecaster.max_context,
+                "dev_checkpoint": any(v.source.is_dev for v in self.variants),
+                "warning": ("serving a generated dev checkpoint with random weights"
+                            if any(v.source.is_dev for v in self.variants) else None),
+                "variants": [{"model": v.source.name, "model_version": v.version,
+                              "weight": v.weight, "device": v.device,
+                              "max_context": v.forecaster.max_context} for v in self.variants]}
+
+    # -- request handling --------------------------------------------------------------------
+    def _variant(self, body: SingleRequest) -> Variant:
+        if not self.variants:
+            raise RequestFailed(503, "model not loaded yet" if not self.load_error
+                                else f"model failed to load: {self.load_error}", retry_after=5)
+        return choose(self.variants, [v.weight for v in self.variants],
+                      [v.aliases for v in self.variants], body.model_version, body.sticky_key)
+
+    async def _forecast(self, bodies: list[SingleRequest], request_id: str,
+                        index_errors: bool) -> list[dict[str, Any]]:
+        """Validate every body, then submit them to their variants' batchers together."""
+        prepared = []
+        for i, body in enumerate(bodies):
+            try:
+                variant = self._variant(body)
+                request = to_forecast_request(body, self.settings)
+                prepared.append((variant, request, variant.forecaster.prepare(request)))
+            except InputError as exc:
+                field = f"batch[{i}].{exc.field}" if index_errors else exc.field
+                raise RequestFailed(400, f"{field}: {exc.message}", field) from exc
+        by_variant: dict[int, list[int]] = {}
+        for i, (variant, _, _) in enumerate(prepared):
+            by_variant.setdefault(id(variant), []).append(i)
+        results: list[Any] = [None] * len(bodies)
+        for indices in by_variant.values():
+            variant = prepared[indices[0]][0]
+            try:
+                outputs = await variant.batcher.submit([prepared[i][1:] for i in indices])
+            except QueueFull as exc:
+                raise RequestFailed(503, f"overloaded: {exc}", retry_after=1) from exc
+            for i, output in zip(indices, outputs):
+                variant = prepared[i][0]
+                METRICS.series_length.labels(model_version=variant.version).observe(
+                    output.history_rows)
+                METRICS.horizon.labels(model_version=variant.version).observe(len(output.mean))
+                results[i] = to_response(output, bool(bodies[i].quantiles), variant.source.name,
+                                         variant.version, variant.device, request_id)
+        return results
+
+    async def _serve(self, ctx: bentoml.Context, route: str, bodies: list[SingleRequest],
+                     batch: bool) -> dict[str, Any]:
+        started = time.perf_counter()
+        request_id = ctx.request.headers.get("x-request-id") or uuid.uuid4().hex
+        ctx.response.headers["X-Request-ID"] = request_id
+        version = "none"
+        try:
+            results = await self._forecast(bodies, request_id, index_errors=batch)
+            version = ",".join(sorted({r["model_version"] for r in results})) or "none"
+            ctx.response.status_code = 200
+            body: dict[str, Any] = {"results": results} if batch else results[0]
+        except RequestFailed as exc:
+            ctx.response.status_code = exc.status
+            if exc.retry_after:
+                ctx.response.headers["Retry-After"] = str(exc.retry_after)
+            body = {"error": exc.error, "field": exc.field, "request_id": request_id}
+        except Exception as exc:  # the runtime failed on this batch: a clear 500, worker lives on
+            log.exception("forecast failed", extra={"event": "forecast_failed",
+                                                    "request_id": request_id})
+            ctx.response.status_code = 500
+            body = {"error": f"forecast failed: {type(exc).__name__}", "request_id": request_id}
+        status = str(ctx.response.status_code)
+        METRICS.requests.labels(route=route, status=status, model_version=version).inc()
+        METRICS.request_duration.labels(route=route, model_version=version).observe(
+            time.perf_counter() - started)
+        return body
+
+    @bentoml.api(route="/v1/predict/single", input_spec=SingleRequest)
+    async def predict_single(self, ctx: bentoml.Context, **fields: Any) -> dict[str, Any]:
+        """Forecast one series."""
+        return await self._serve(ctx, "/v1/predict/single", [SingleRequest(**fields)], batch=False)
+
+    @bentoml.api(route="/v1/predict/batch", input_spec=BatchRequest)
+    async def predict_batch(self, ctx: bentoml.Context, batch: list[SingleRequest]) -> dict[str, Any]:
+        """Forecast several series; results come back in order."""
+        if len(batch) > self.settings.max_batch_items:
+            ctx.response.status_code = 400
+            return {"error": f"batch: {len(batch)} items exceed the limit of "
+                             f"{self.settings.max_batch_items}", "field": "batch"}
+        if not batch:
+            ctx.response.status_code = 400
+            return {"error": "batch: must hold at least one item", "field": "batch"}
+        return await self._serve(ctx, "/v1/predict/batch", batch, batch=True)

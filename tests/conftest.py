@@ -1,0 +1,53 @@
+"""Shared fixtures: generated dev checkpoints, synthetic candles and the reference oracle."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kronos_runtime.dev_checkpoint import write_pair  # noqa: E402
+
+
+def make_candles(rows: int, seed: int = 0, volume: bool = True, amount: bool = False,
+                 freq: str = "5min", start: str = "2024-03-01 09:30") -> tuple[pd.DataFrame, pd.Series]:
+    """A random-walk OHLCV frame and its timestamps."""
+    rng = np.random.default_rng(seed)
+    close = 100 + np.cumsum(rng.normal(scale=0.5, size=rows))
+    opening = close + rng.normal(scale=0.2, size=rows)
+    frame = pd.DataFrame({"open": opening, "high": np.maximum(opening, close) + rng.uniform(0, 1, rows),
+                          "low": np.minimum(opening, close) - rng.uniform(0, 1, rows), "close": close})
+    if volume:
+        frame["volume"] = rng.uniform(1e3, 5e3, rows)
+    if amount:
+        frame["amount"] = frame["volume"] * close
+    stamps = pd.Series(pd.date_range(start, periods=rows, freq=freq))
+    return frame, stamps
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
+    return write_pair(tmp_path_factory.mktemp("tiny"), "tiny", seed=3)
+
+
+@pytest.fixture(scope="session")
+def mini_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
+    return write_pair(tmp_path_factory.mktemp("mini"), "mini", seed=5)
+
+
+def reference_forecast(checkpoint: tuple[Path, Path], frame: pd.DataFrame, stamps: pd.Series,
+                       future: pd.Series, pred_len: int, max_context: int,
+                       sample_count: int = 1) -> pd.DataFrame:
+    """Greedy forecast of the reference package (the oracle), models in eval mode."""
+    from model import Kronos, KronosPredictor, KronosTokenizer
+
+    model = Kronos.from_pretrained(str(checkpoint[0])).eval()
+    tokenizer = KronosTokenizer.from_pretrained(str(checkpoint[1])).eval()
+    predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=max_context)
+    return predictor.predict(frame, stamps, future, pred_len, T=1.0, top_k=1, top_p=1.0,
+                             sample_count=sample_count, verbose=False)

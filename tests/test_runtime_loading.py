@@ -1,0 +1,73 @@
+"""Checkpoint loading: local directories, both weight formats, the hub path, clear failures."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_candles
+from kronos_runtime import (CheckpointError, ForecastRequest, KronosForecaster, SamplingParams,
+                            load_model, load_tokenizer)
+
+
+def greedy_close(forecaster):
+    frame, stamps = make_candles(30, seed=1)
+    result = forecaster.forecast([ForecastRequest(frame, 4, timestamps=stamps,
+                                                  sampling=SamplingParams(top_k=1))])[0]
+    return result.mean["close"].to_numpy()
+
+
+def test_pytorch_bin_loads_like_safetensors(tiny_checkpoint, tmp_path):
+    model_dir, tokenizer_dir = tiny_checkpoint
+    bin_dir = tmp_path / "model"
+    bin_dir.mkdir()
+    shutil.copy(model_dir / "config.json", bin_dir)
+    torch.save(load_file(str(model_dir / "model.safetensors")), bin_dir / "pytorch_model.bin")
+    np.testing.assert_array_equal(greedy_close(KronosForecaster.from_pretrained(bin_dir, tokenizer_dir)),
+                                  greedy_close(KronosForecaster.from_pretrained(*tiny_checkpoint)))
+
+
+def test_dtype_and_device_are_applied(tiny_checkpoint):
+    model = load_model(tiny_checkpoint[0], device="cpu", dtype=torch.bfloat16)
+    assert model.head.proj_s1.weight.dtype == torch.bfloat16 and not model.training
+    assert load_tokenizer(tiny_checkpoint[1]).embed.weight.dtype == torch.float32
+
+
+def test_hub_ids_go_through_huggingface_hub(tiny_checkpoint, monkeypatch, tmp_path):
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, cache_dir=None, allow_patterns=None):
+        calls.append((repo_id, revision, cache_dir))
+        return str(tiny_checkpoint[0])
+
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    model = load_model("NeoQuasar/Kronos-small", revision="abc123", cache_dir=tmp_path)
+    assert calls == [("NeoQuasar/Kronos-small", "abc123", str(tmp_path))]
+    assert model.config.d_model == 32
+
+
+def test_unreachable_hub_is_a_clear_checkpoint_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="NeoQuasar/Kronos-mini"):
+        load_model("NeoQuasar/Kronos-mini", cache_dir=tmp_path)
+
+
+def test_missing_and_corrupt_checkpoints_fail_clearly(tiny_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint[0], broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        load_model(broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["d_model"] = 64
+    (broken / "config.json").write_text(json.dumps(config))
+    shutil.copy(tiny_checkpoint[0] / "model.safetensors", broken)
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        load_model(broken)
