@@ -20,7 +20,7 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 serve: install
-	$(BIN)/python scripts/serve.py --port $(PORT)
+	$(BIN)/bentoml serve service:KronosService --port $(PORT)
 
 bench: install
 	$(BIN)/python scripts/bench_runtime.py

@@ -1,0 +1,77 @@
+"""Start real ``bentoml serve`` processes for tests (isolated BENTOML_HOME, tiny checkpoints)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def import_dev_model(bentoml_home: Path, name: str, shape: str = "tiny", seed: int = 0) -> str:
+    """Import a generated checkpoint into the store at ``bentoml_home``; returns its tag."""
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
+    done = subprocess.run([sys.executable, "scripts/import_model.py", "--name", name,
+                           "--dev-shape", shape, "--seed", str(seed)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen, url: str, log_path: Path) -> None:
+        self.process, self.url, self.log_path = process, url, log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def running_server(bentoml_home: Path, env: dict[str, str], log_path: Path,
+                   wait_ready: bool = True, timeout: float = 120) -> Iterator[Server]:
+    """A ``bentoml serve`` subprocess on a free 127.0.0.1 port, stopped (SIGTERM) afterwards."""
+    port = free_port()
+    full_env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "KRONOS_THREADS": "1",
+                "HF_HUB_OFFLINE": "1", **env}
+    with log_path.open("w") as log:
+        process = subprocess.Popen([BENTOML, "serve", "service:KronosService", "--host", "127.0.0.1",
+                                    "--port", str(port)], cwd=ROOT, env=full_env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        deadline = time.time() + timeout
+        path = "/v1/readyz" if wait_ready else "/v1/healthz"
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited:\n{server.log()[-3000:]}")
+            try:
+                if httpx.get(server.url + path, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"server not up after {timeout}s:\n{server.log()[-3000:]}")
+            time.sleep(0.3)
+        yield server
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
