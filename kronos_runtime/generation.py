@@ -1,10 +1,11 @@
 """Autoregressive token generation for ragged batches of series and sample paths.
 
-Each series is prefilled once over its window; its sample paths then share that prefix
-through copies of the key/value cache. While a row's sequence fits in ``max_context`` every
-step is one cached position, exactly as the reference's full recomputation. Once the window
-slides, every hidden state changes: ``exact`` mode recomputes those rows' whole windows (as
-the reference does), ``approximate`` mode keeps the cache and masks out the oldest key.
+Each series' window is prefilled once; its sample paths attend to that shared prefix (read once
+per series, never copied per path) plus their own cached generated tokens. While a row's
+sequence fits in ``max_context`` each step is one new position, exactly what the reference
+recomputes. Once the window slides every hidden state changes: ``exact`` mode recomputes the
+window (the history part once per series, the generated part per path), ``approximate`` mode
+keeps the caches and masks out keys older than the window.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
-from .model import KVCache, KronosModel
+from .layers import RowGroups
+from .model import KronosModel, OwnCache, SharedPrefix
 from .sampling import RowSampler
 
 SlidingMode = Literal["exact", "approximate"]
@@ -46,61 +48,116 @@ def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
                         for t in tensors])
 
 
-class _CachedRows:
-    """Rows decoded one cached position at a time."""
+def local_groups(rows: list[int], row_series: list[int], device: torch.device
+                 ) -> tuple[list[int], RowGroups]:
+    """The series of ``rows`` (in order) and the rows' grouping by local series index."""
+    series = list(dict.fromkeys(row_series[r] for r in rows))
+    local = {b: i for i, b in enumerate(series)}
+    return series, RowGroups([local[row_series[r]] for r in rows], device)
 
-    def __init__(self, model: KronosModel, rows: list[int], cache: KVCache,
-                 lengths: torch.Tensor, max_context: int, sliding: SlidingMode) -> None:
-        self.model, self.rows, self.cache = model, rows, cache
-        self.lengths = lengths  # next cache index per row
-        self.max_context = max_context
-        self.sliding = sliding
-        self.state = self.mask = None
+
+class _Generation:
+    """State shared by the cached and recomputed row groups."""
+
+    def __init__(self, model: KronosModel, series: list[SeriesTokens], row_series: list[int],
+                 max_context: int, sliding: SlidingMode) -> None:
+        self.model, self.series, self.row_series = model, series, row_series
+        self.max_context, self.sliding = max_context, sliding
+        self.device = model.head.proj_s1.weight.device
+        steps = max(s.horizon for s in series)
+        self.gen_s1 = torch.zeros(len(row_series), steps, dtype=torch.long, device=self.device)
+        self.gen_s2 = torch.zeros_like(self.gen_s1)
+        self.future = pad_stack([s.future_stamps for s in series])
+
+    def fed(self, rows: list[int], start: int, end: int):
+        """Generated tokens [start, end) of ``rows`` and their time features."""
+        index = torch.tensor(rows, device=self.device)
+        series = torch.tensor([self.row_series[r] for r in rows], device=self.device)
+        return (self.gen_s1[index, start:end], self.gen_s2[index, start:end],
+                self.future[series, start:end])
+
+
+class _CachedRows:
+    """Rows fed one position per step: shared prefix + own KV cache."""
+
+    def __init__(self, run: _Generation, rows: list[int], prefix: SharedPrefix, capacity: int) -> None:
+        self.run, self.rows = run, rows
+        self.series, self.groups = local_groups(rows, run.row_series, run.device)
+        self.prefix = prefix
+        self.own = OwnCache.allocate(run.model, len(rows), capacity, run.device,
+                                     prefix.layers[0][0].dtype)
 
     def keep(self, rows: list[int]) -> None:
         if rows == self.rows:
             return
         where = {r: i for i, r in enumerate(self.rows)}
-        index = torch.tensor([where[r] for r in rows], dtype=torch.long, device=self.lengths.device)
-        self.cache.keep(index)
-        self.lengths = self.lengths[index]
-        self.rows = rows
+        self.own.keep(torch.tensor([where[r] for r in rows], dtype=torch.long, device=self.run.device))
+        series, self.groups = local_groups(rows, self.run.row_series, self.run.device)
+        where_series = {b: i for i, b in enumerate(self.series)}
+        self.prefix = self.prefix.keep(torch.tensor([where_series[b] for b in series],
+                                                    dtype=torch.long, device=self.run.device))
+        self.rows, self.series = rows, series
 
-    def s1_logits(self, s1: torch.Tensor, s2: torch.Tensor, stamps: torch.Tensor) -> torch.Tensor:
-        positions = self.lengths
-        span = int(positions.max()) + 1
-        keys = torch.arange(span, device=positions.device)
-        valid = keys[None] <= positions[:, None]
-        if self.sliding == "approximate":
-            valid &= keys[None] > (positions - self.max_context)[:, None]
-        self.mask = valid[:, None, None]
-        self.state = self.model.step(s1, s2, stamps, positions, self.cache, self.mask)
-        self.cache.write_context(self.state, self.model, positions)
-        self.lengths = positions + 1
-        return self.model.s1_logits(self.state)
+    def s1_logits(self, step: int) -> torch.Tensor:
+        run = self.run
+        s1, s2, stamps = run.fed(self.rows, step - 1, step)
+        prefix_len = self.prefix.lengths[self.groups.series]
+        positions = (prefix_len + (step - 1))[:, None]
+        keys = torch.arange(self.prefix.layers[0][0].shape[2], device=run.device)
+        self.prefix_mask = keys[None] < prefix_len[:, None]
+        self.own_mask = None
+        if run.sliding == "approximate":
+            oldest = positions - run.max_context + 1  # oldest position still in the window
+            self.prefix_mask &= keys[None] >= oldest
+            own_positions = prefix_len[:, None] + torch.arange(step, device=run.device)[None]
+            self.own_mask = (own_positions >= oldest)[:, None, None, :]
+        states, self.own_context = run.model.extend(s1, s2, stamps, positions, self.prefix,
+                                                    self.prefix_mask, self.own, self.own_mask,
+                                                    self.groups)
+        self.state = states[:, -1]
+        return run.model.s1_logits(self.state)
 
     def s2_logits(self, s1: torch.Tensor) -> torch.Tensor:
-        span = self.mask.shape[-1]
-        keys, values = (t[:, :, :span] for t in self.cache.context)
-        return self.model.s2_logits(self.state, s1, keys, values, self.mask)
+        return self.run.model.s2_logits(self.state, s1, self.prefix, self.prefix_mask,
+                                        self.own_context, self.own_mask, self.groups)
 
 
 class _RecomputedRows:
-    """Rows whose window slid (exact mode): the whole window is recomputed every step."""
+    """Rows whose window slid (exact mode): the window is recomputed at every step.
 
-    def __init__(self, model: KronosModel, max_context: int) -> None:
-        self.model, self.max_context = model, max_context
+    The window's history part is the same for all paths of a series: it is prefilled once
+    per series, and each path's generated part attends to it as a shared prefix.
+    """
+
+    def __init__(self, run: _Generation) -> None:
+        self.run = run
         self.rows: list[int] = []
-        self.state = self.keys = self.values = None
 
-    def s1_logits(self, s1: torch.Tensor, s2: torch.Tensor, stamps: torch.Tensor) -> torch.Tensor:
-        states, _ = self.model.prefill(s1, s2, stamps)
+    def s1_logits(self, step: int) -> torch.Tensor:
+        run, model, context = self.run, self.run.model, self.run.max_context
+        series, self.groups = local_groups(self.rows, run.row_series, run.device)
+        generated = min(step, context)
+        history = context - generated
+        self.prefix = None
+        if history:
+            tokens = [run.series[b] for b in series]
+            window = [slice(s.length - history, s.length) for s in tokens]
+            states, layers = model.prefill(torch.stack([s.s1[w] for s, w in zip(tokens, window)]),
+                                           torch.stack([s.s2[w] for s, w in zip(tokens, window)]),
+                                           torch.stack([s.stamps[w] for s, w in zip(tokens, window)]))
+            lengths = torch.full((len(series),), history, device=run.device)
+            self.prefix = SharedPrefix.from_prefill(model, states, layers, lengths)
+        s1, s2, stamps = run.fed(self.rows, step - generated, step)
+        positions = history + torch.arange(generated, device=run.device)[None].expand(len(self.rows), -1)
+        causal = torch.ones(generated, generated, dtype=torch.bool, device=run.device).tril()
+        states, self.own_context = model.extend(s1, s2, stamps, positions, self.prefix, None,
+                                                OwnCache.chunk(model), causal, self.groups)
         self.state = states[:, -1]
-        self.keys, self.values = self.model.context_keys_values(states)
-        return self.model.s1_logits(self.state)
+        return model.s1_logits(self.state)
 
     def s2_logits(self, s1: torch.Tensor) -> torch.Tensor:
-        return self.model.s2_logits(self.state, s1, self.keys, self.values, None)
+        return self.run.model.s2_logits(self.state, s1, self.prefix, None, self.own_context, None,
+                                        self.groups)
 
 
 @torch.inference_mode()
@@ -111,82 +168,51 @@ def generate(model: KronosModel, series: list[SeriesTokens], sampler: RowSampler
 
     Returns s1 and s2 ids [rows, max_horizon]; entries past a series' horizon are unused.
     """
-    device = model.head.proj_s1.weight.device
+    run = _Generation(model, series, row_series, max_context, sliding)
+    device, steps = run.device, run.gen_s1.shape[1]
     lengths = [s.length for s in series]
     horizons = [s.horizon for s in series]
-    row_of = torch.tensor(row_series, device=device)
-    rows_total, steps = len(row_series), max(horizons)
-    gen_s1 = torch.zeros(rows_total, steps, dtype=torch.long, device=device)
-    gen_s2 = torch.zeros_like(gen_s1)
-    future = pad_stack([s.future_stamps for s in series])
+    all_rows = list(range(len(row_series)))
 
     # Step 0: prefill each series' window once, shared by all of its paths.
     windows = [slice(max(0, s.length - max_context), None) for s in series]
-    states, kv = model.prefill(pad_stack([s.s1[w] for s, w in zip(series, windows)]),
-                               pad_stack([s.s2[w] for s, w in zip(series, windows)]),
-                               pad_stack([s.stamps[w] for s, w in zip(series, windows)]))
+    states, layers = model.prefill(pad_stack([s.s1[w] for s, w in zip(series, windows)]),
+                                   pad_stack([s.s2[w] for s, w in zip(series, windows)]),
+                                   pad_stack([s.stamps[w] for s, w in zip(series, windows)]))
     window_len = torch.tensor([min(n, max_context) for n in lengths], device=device)
-    last = states[torch.arange(len(series), device=device), window_len - 1][row_of]
-    context_kv = model.context_keys_values(states)
-    mask = (torch.arange(states.shape[1], device=device)[None] < window_len[:, None])[row_of]
-    mask = mask[:, None, None]
-    all_rows = list(range(rows_total))
+    prefix = SharedPrefix.from_prefill(model, states, layers, window_len)
+    groups = RowGroups(row_series, device)
+    last = states[torch.arange(len(series), device=device), window_len - 1][groups.series]
+    prefix_mask = (torch.arange(states.shape[1], device=device)[None] < window_len[:, None])[groups.series]
     s1 = sampler(model.s1_logits(last), all_rows)
-    s2 = sampler(model.s2_logits(last, s1, context_kv[0][row_of], context_kv[1][row_of], mask),
+    ctx = prefix.context[0]
+    no_context = ctx.new_zeros(len(all_rows), ctx.shape[1], 0, ctx.shape[3])
+    s2 = sampler(model.s2_logits(last, s1, prefix, prefix_mask, (no_context, no_context), None, groups),
                  all_rows)
-    gen_s1[:, 0], gen_s2[:, 0] = s1, s2
+    run.gen_s1[:, 0], run.gen_s2[:, 0] = s1, s2
     if on_step:
         on_step()
     if steps == 1:
-        return gen_s1, gen_s2
+        return run.gen_s1, run.gen_s2
 
-    capacity = states.shape[1] + steps - 1
-    if sliding == "exact":
-        capacity = min(capacity, max_context)
-    cache = KVCache(model, rows_total, capacity, device, states.dtype)
-    cache.fill(kv, context_kv, row_of)
-    cached = _CachedRows(model, all_rows, cache, window_len[row_of].clone(), max_context, sliding)
-    recomputed = _RecomputedRows(model, max_context)
-    history = [(s.s1, s.s2, torch.cat([s.stamps, future[i]])) for i, s in enumerate(series)]
-
+    cached = _CachedRows(run, all_rows, prefix, capacity=steps - 1)
+    recomputed = _RecomputedRows(run)
     for step in range(1, steps):
         live = [r for r in all_rows if horizons[row_series[r]] > step]
-        slid = [r for r in live if sliding == "exact" and lengths[row_series[r]] + step > max_context]
-        cached.keep([r for r in live if r not in set(slid)])
-        recomputed.rows = slid
-        groups = [g for g in (cached, recomputed) if g.rows]
-        logits = []
-        for group in groups:
-            rows = torch.tensor(group.rows, device=device)
-            if group is cached:
-                s1_in, s2_in = gen_s1[rows, step - 1], gen_s2[rows, step - 1]
-                stamps = future[row_of[rows], step - 1]
-            else:
-                s1_in, s2_in, stamps = _windows(history, gen_s1, gen_s2, group.rows, row_series,
-                                                step, max_context)
-            logits.append(group.s1_logits(s1_in, s2_in, stamps))
-        order = [r for g in groups for r in g.rows]
-        s1 = _sample_in_row_order(sampler, logits, order)
-        s1_parts = s1.split([len(g.rows) for g in groups])
-        s2 = _sample_in_row_order(sampler, [g.s2_logits(p) for g, p in zip(groups, s1_parts)], order)
+        slid = {r for r in live if sliding == "exact" and lengths[row_series[r]] + step > max_context}
+        cached.keep([r for r in live if r not in slid])
+        recomputed.rows = [r for r in live if r in slid]
+        groups_now = [g for g in (cached, recomputed) if g.rows]
+        order = [r for g in groups_now for r in g.rows]
+        s1 = _sample_in_row_order(sampler, [g.s1_logits(step) for g in groups_now], order)
+        s1_parts = s1.split([len(g.rows) for g in groups_now])
+        s2 = _sample_in_row_order(sampler, [g.s2_logits(p) for g, p in zip(groups_now, s1_parts)],
+                                  order)
         index = torch.tensor(order, device=device)
-        gen_s1[index, step], gen_s2[index, step] = s1, s2
+        run.gen_s1[index, step], run.gen_s2[index, step] = s1, s2
         if on_step:
             on_step()
-    return gen_s1, gen_s2
-
-
-def _windows(history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-             gen_s1: torch.Tensor, gen_s2: torch.Tensor, rows: list[int], row_series: list[int],
-             step: int, max_context: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The last ``max_context`` tokens and stamps (history + generated so far) of ``rows``."""
-    s1, s2, stamps = [], [], []
-    for r in rows:
-        h1, h2, hs = history[row_series[r]]
-        s1.append(torch.cat([h1, gen_s1[r, :step]])[-max_context:])
-        s2.append(torch.cat([h2, gen_s2[r, :step]])[-max_context:])
-        stamps.append(hs[:h1.shape[0] + step][-max_context:])
-    return torch.stack(s1), torch.stack(s2), torch.stack(stamps)
+    return run.gen_s1, run.gen_s2
 
 
 def _sample_in_row_order(sampler: RowSampler, logits: list[torch.Tensor], order: list[int]

@@ -72,14 +72,14 @@ class RotaryTable:
         return cos[None, None], sin[None, None]
 
     def at(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tables for one position per row, shaped [rows, 1, 1, head_dim]."""
+        """Tables for positions [rows, n], shaped [rows, 1, n, head_dim]."""
         needed = int(positions.max().item()) + 1 if positions.numel() else 0
         if self._cos.shape[0] < needed:
             self._grow(max(needed, 2 * self._cos.shape[0]))
         index = positions.cpu()
         cos = self._cos[index].to(like.device, like.dtype)
         sin = self._sin[index].to(like.device, like.dtype)
-        return cos[:, None, None], sin[:, None, None]
+        return cos[:, None], sin[:, None]
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -132,18 +132,100 @@ class SelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self._merge(out), k, v
 
-    def forward_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                     cache_k: torch.Tensor, cache_v: torch.Tensor, write_at: torch.Tensor,
-                     mask: torch.Tensor) -> torch.Tensor:
-        """One new position per row: write its key/value at ``write_at`` and attend to ``mask``."""
+    def forward_extend(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                       prefix: tuple[torch.Tensor, torch.Tensor] | None, prefix_mask: torch.Tensor | None,
+                       own: "OwnKV", own_mask: torch.Tensor, groups: "RowGroups") -> torch.Tensor:
+        """New positions of each row, attending to its series' shared prefix and its own keys."""
         q, k, v = self._project(x, rope)
-        rows = torch.arange(x.shape[0], device=x.device)
-        cache_k[rows, :, write_at] = k[:, :, 0]
-        cache_v[rows, :, write_at] = v[:, :, 0]
-        span = mask.shape[-1]
-        out = F.scaled_dot_product_attention(q, cache_k[:, :, :span], cache_v[:, :, :span],
-                                             attn_mask=mask)
+        own_k, own_v = own.append(k, v)
+        out = grouped_attention(q, prefix, prefix_mask, own_k, own_v, own_mask, groups)
         return self._merge(out)
+
+
+class OwnKV:
+    """One layer's per-row keys/values after the shared prefix: a growing cache or one chunk."""
+
+    def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None,
+                 length: int = 0) -> None:
+        self.keys, self.values, self.length = keys, values, length
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add new keys/values [rows, heads, n, dim]; returns all keys/values so far."""
+        if self.keys is None:  # a chunk with no cache behind it
+            return k, v
+        end = self.length + k.shape[2]
+        self.keys[:, :, self.length:end] = k
+        self.values[:, :, self.length:end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        if self.keys is not None:
+            self.keys, self.values = self.keys[rows], self.values[rows]
+
+
+class RowGroups:
+    """Rows (sample paths) grouped by series: row r is slot ``slot[r]`` of series ``series[r]``.
+
+    Attention to a shared prefix runs per series over a [series, slots] layout, so the
+    prefix keys/values are read once per series, not once per path.
+    """
+
+    def __init__(self, row_series: list[int], device: torch.device) -> None:
+        slots: dict[int, int] = {}
+        row_slot = []
+        for b in row_series:
+            row_slot.append(slots.get(b, 0))
+            slots[b] = row_slot[-1] + 1
+        self.n_series = max(row_series) + 1 if row_series else 0
+        self.slots = max(slots.values()) if slots else 1
+        self.series = torch.tensor(row_series, dtype=torch.long, device=device)
+        self.slot = torch.tensor(row_slot, dtype=torch.long, device=device)
+        self.identity = self.slots == 1 and row_series == list(range(len(row_series)))
+
+    def to_groups(self, x: torch.Tensor) -> torch.Tensor:
+        """[rows, ...] -> [series, slots, ...] (empty slots are zero)."""
+        if self.identity:
+            return x[:, None]
+        out = x.new_zeros((self.n_series, self.slots) + tuple(x.shape[1:]))
+        out[self.series, self.slot] = x
+        return out
+
+    def to_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """[series, slots, ...] -> [rows, ...]."""
+        return x[:, 0] if self.identity else x[self.series, self.slot]
+
+
+def grouped_attention(q: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor] | None,
+                      prefix_mask: torch.Tensor | None, own_k: torch.Tensor, own_v: torch.Tensor,
+                      own_mask: torch.Tensor | None, groups: RowGroups) -> torch.Tensor:
+    """Softmax attention of queries [rows, h, n, d] over a per-series prefix and per-row keys.
+
+    ``prefix`` keys/values are [series, h, L, d] with ``prefix_mask`` [rows, L]; own keys are
+    [rows, h, m, d] with ``own_mask`` broadcastable to [rows, h, n, m].
+    """
+    rows, heads, n, dim = q.shape
+    scale = dim ** -0.5
+    own_scores = torch.matmul(q, own_k.transpose(-1, -2)) * scale
+    if own_mask is not None:
+        own_scores = own_scores.masked_fill(~own_mask, float("-inf"))
+    if prefix is None or prefix[0].shape[2] == 0:
+        return torch.matmul(torch.softmax(own_scores, dim=-1), own_v)
+    keys, values = prefix
+    length = keys.shape[2]
+    grouped_q = groups.to_groups(q).permute(0, 2, 1, 3, 4).reshape(groups.n_series, heads, -1, dim)
+    prefix_scores = torch.matmul(grouped_q, keys.transpose(-1, -2)) * scale
+    prefix_scores = groups.to_rows(
+        prefix_scores.reshape(groups.n_series, heads, groups.slots, n, length).permute(0, 2, 1, 3, 4))
+    if prefix_mask is not None:
+        prefix_scores = prefix_scores.masked_fill(~prefix_mask[:, None, None, :], float("-inf"))
+    probs = torch.softmax(torch.cat([prefix_scores, own_scores], dim=-1), dim=-1)
+    prefix_probs, own_probs = probs.split([length, probs.shape[-1] - length], dim=-1)
+    grouped_p = groups.to_groups(prefix_probs).permute(0, 2, 1, 3, 4).reshape(
+        groups.n_series, heads, -1, length)
+    prefix_out = torch.matmul(grouped_p, values).reshape(groups.n_series, heads, groups.slots, n, dim)
+    prefix_out = groups.to_rows(prefix_out.permute(0, 2, 1, 3, 4))
+    return prefix_out + torch.matmul(own_probs, own_v)
 
 
 class TransformerBlock(nn.Module):
@@ -162,10 +244,11 @@ class TransformerBlock(nn.Module):
         x = x + attn
         return x + self.ffn(self.norm2(x)), k, v
 
-    def forward_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                     cache_k: torch.Tensor, cache_v: torch.Tensor, write_at: torch.Tensor,
-                     mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn.forward_step(self.norm1(x), rope, cache_k, cache_v, write_at, mask)
+    def forward_extend(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                       prefix: tuple[torch.Tensor, torch.Tensor] | None, prefix_mask: torch.Tensor | None,
+                       own: OwnKV, own_mask: torch.Tensor, groups: RowGroups) -> torch.Tensor:
+        x = x + self.self_attn.forward_extend(self.norm1(x), rope, prefix, prefix_mask, own,
+                                              own_mask, groups)
         return x + self.ffn(self.norm2(x))
 
 

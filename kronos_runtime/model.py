@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
 from .errors import CheckpointError
-from .layers import RMSNorm, RotaryTable, TransformerBlock
+from .layers import OwnKV, RMSNorm, RotaryTable, RowGroups, TransformerBlock, grouped_attention
 
 DEPENDENCY_HEADS = 4  # the s2 cross-attention always has 4 heads
 TIME_TABLES = (("minute_embed", 60), ("hour_embed", 24), ("weekday_embed", 7),
@@ -67,10 +67,12 @@ class CrossAttention(nn.Module):
         """Keys and values [rows, 4, length, head_dim] of context states [rows, length, d]."""
         return self.heads(self.k_proj(context)), self.heads(self.v_proj(context))
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor] | None,
+                prefix_mask: torch.Tensor | None, own: tuple[torch.Tensor, torch.Tensor],
+                own_mask: torch.Tensor | None, groups: RowGroups) -> torch.Tensor:
+        """One query per row over its series' prefix context and its own generated context."""
         q = self.heads(self.q_proj(query))
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        out = grouped_attention(q, prefix, prefix_mask, own[0], own[1], own_mask, groups)
         rows = query.shape[0]
         return self.out_proj(out.transpose(1, 2).reshape(rows, 1, -1))
 
@@ -127,14 +129,21 @@ class KronosModel(nn.Module):
             kv.append((k, v))
         return self.norm(x), kv
 
-    def step(self, s1: torch.Tensor, s2: torch.Tensor, stamps: torch.Tensor,
-             positions: torch.Tensor, cache: "KVCache", mask: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row at cache index ``positions``; returns final states [rows, d]."""
-        x = self._inputs(s1[:, None], s2[:, None], stamps[:, None])
+    def extend(self, s1: torch.Tensor, s2: torch.Tensor, stamps: torch.Tensor,
+               positions: torch.Tensor, prefix: "SharedPrefix | None", prefix_mask: torch.Tensor | None,
+               own: "OwnCache", own_mask: torch.Tensor | None, groups: RowGroups
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Feed tokens [rows, n] at ``positions`` after the shared prefix and each row's own keys.
+
+        Returns the normalised final states [rows, n, d] and every own context key/value so far.
+        """
+        x = self._inputs(s1, s2, stamps)
         rope = self.rope.at(positions, x)
-        for block, (ck, cv) in zip(self.transformer, cache.layers):
-            x = block.forward_step(x, rope, ck, cv, positions, mask)
-        return self.norm(x)[:, 0]
+        for i, block in enumerate(self.transformer):
+            x = block.forward_extend(x, rope, prefix.layers[i] if prefix else None, prefix_mask,
+                                     own.layers[i], own_mask, groups)
+        states = self.norm(x)
+        return states, own.context.append(*self.context_keys_values(states))
 
     def s1_logits(self, states: torch.Tensor) -> torch.Tensor:
         return self.head.proj_s1(states)
@@ -143,47 +152,57 @@ class KronosModel(nn.Module):
         """Cross-attention keys/values of final states [rows, length, d]."""
         return self.dep_layer.cross_attn.keys_values(states)
 
-    def s2_logits(self, last_state: torch.Tensor, s1: torch.Tensor, keys: torch.Tensor,
-                  values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """s2 logits [rows, vocab] given the sampled s1 and the context keys/values."""
+    def s2_logits(self, last_state: torch.Tensor, s1: torch.Tensor, prefix: "SharedPrefix | None",
+                  prefix_mask: torch.Tensor | None, own_context: tuple[torch.Tensor, torch.Tensor],
+                  own_mask: torch.Tensor | None, groups: RowGroups) -> torch.Tensor:
+        """s2 logits [rows, vocab] given the sampled s1 and the context (prefix + own)."""
         sibling = self.embedding.emb_s1(s1)[:, None]
-        attn = self.dep_layer.cross_attn(sibling, keys, values, mask)[:, 0]
+        attn = self.dep_layer.cross_attn(sibling, prefix.context if prefix else None, prefix_mask,
+                                         own_context, own_mask, groups)[:, 0]
         return self.head.proj_s2(self.dep_layer.norm(last_state + attn))
 
 
-class KVCache:
-    """Pre-allocated keys/values for every layer plus the s2 context keys/values."""
+@dataclass
+class SharedPrefix:
+    """Keys/values of each series' prefilled window, shared by all of its sample paths."""
 
-    def __init__(self, model: KronosModel, rows: int, capacity: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # [series, heads, length, head_dim]
+    context: tuple[torch.Tensor, torch.Tensor]       # s2 cross-attention keys/values
+    lengths: torch.Tensor                            # valid positions per series
+
+    @classmethod
+    def from_prefill(cls, model: KronosModel, states: torch.Tensor,
+                     layers: list[tuple[torch.Tensor, torch.Tensor]], lengths: torch.Tensor
+                     ) -> "SharedPrefix":
+        return cls(layers, model.context_keys_values(states), lengths)
+
+    def keep(self, series: torch.Tensor) -> "SharedPrefix":
+        return SharedPrefix([(k[series], v[series]) for k, v in self.layers],
+                            (self.context[0][series], self.context[1][series]), self.lengths[series])
+
+
+class OwnCache:
+    """Per-row keys/values of generated tokens for every layer and the s2 context."""
+
+    def __init__(self, layers: list[OwnKV], context: OwnKV) -> None:
+        self.layers, self.context = layers, context
+
+    @classmethod
+    def allocate(cls, model: KronosModel, rows: int, capacity: int, device: torch.device,
+                 dtype: torch.dtype) -> "OwnCache":
         cfg = model.config
-        head_dim = cfg.d_model // cfg.n_heads
-        shape = (rows, cfg.n_heads, capacity, head_dim)
-        self.layers = [(torch.zeros(shape, device=device, dtype=dtype),
-                        torch.zeros(shape, device=device, dtype=dtype))
-                       for _ in range(cfg.n_layers)]
-        ctx_shape = (rows, DEPENDENCY_HEADS, capacity, cfg.d_model // DEPENDENCY_HEADS)
-        self.context = (torch.zeros(ctx_shape, device=device, dtype=dtype),
-                        torch.zeros(ctx_shape, device=device, dtype=dtype))
 
-    def fill(self, kv: list[tuple[torch.Tensor, torch.Tensor]],
-             context_kv: tuple[torch.Tensor, torch.Tensor], source_rows: torch.Tensor) -> None:
-        """Copy prefill results into every row; row i takes prefill row ``source_rows[i]``."""
-        length = kv[0][0].shape[2]
-        for (ck, cv), (k, v) in zip(self.layers, kv):
-            ck[:, :, :length] = k.index_select(0, source_rows)
-            cv[:, :, :length] = v.index_select(0, source_rows)
-        for cache, fresh in zip(self.context, context_kv):
-            cache[:, :, :length] = fresh.index_select(0, source_rows)
+        def kv(heads: int) -> OwnKV:
+            shape = (rows, heads, capacity, cfg.d_model // heads)
+            return OwnKV(torch.zeros(shape, device=device, dtype=dtype),
+                         torch.zeros(shape, device=device, dtype=dtype))
+        return cls([kv(cfg.n_heads) for _ in range(cfg.n_layers)], kv(DEPENDENCY_HEADS))
 
-    def write_context(self, states: torch.Tensor, model: KronosModel, positions: torch.Tensor) -> None:
-        """Append the cross-attention keys/values of new final states [rows, d]."""
-        k, v = model.context_keys_values(states[:, None])
-        rows = torch.arange(states.shape[0], device=states.device)
-        self.context[0][rows, :, positions] = k[:, :, 0]
-        self.context[1][rows, :, positions] = v[:, :, 0]
+    @classmethod
+    def chunk(cls, model: KronosModel) -> "OwnCache":
+        """No cache: the fed chunk attends to itself only (plus the prefix)."""
+        return cls([OwnKV() for _ in range(model.config.n_layers)], OwnKV())
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Drop every row not in ``rows`` (finished series)."""
-        self.layers = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.layers]
-        self.context = tuple(t.index_select(0, rows) for t in self.context)
+        for kv in (*self.layers, self.context):
+            kv.keep(rows)
