@@ -22,11 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kronos_runtime import CheckpointError, InputError  # noqa: E402
 from kronos_serving.batcher import QueueFull  # noqa: E402
 from kronos_serving.health import health_app  # noqa: E402
+from kronos_serving.logs import configure_json_logging, current_trace_ids  # noqa: E402
 from kronos_serving.metrics import METRICS  # noqa: E402
 from kronos_serving.requests import to_forecast_request, to_response  # noqa: E402
 from kronos_serving.routing import choose  # noqa: E402
 from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
 from kronos_serving.settings import Settings, load_settings  # noqa: E402
+from kronos_serving.tracing import tracer, tracing_config  # noqa: E402
 from kronos_serving.variants import Variant, load_variant, resolve_sources  # noqa: E402
 
 log = logging.getLogger("kronos.service")
@@ -41,6 +43,14 @@ def service_resources(settings: Settings) -> dict[str, Any]:
     return resources
 
 
+def input_summary(bodies: list[SingleRequest]) -> dict[str, Any]:
+    """What a log may say about the input: counts, lengths and time ranges, never values."""
+    stamps = [b.timestamps for b in bodies if b.timestamps]
+    return {"series": len(bodies), "rows": [len(b.data) for b in bodies][:16],
+            "pred_len": [b.pred_len for b in bodies][:16],
+            "time_range": [min(s[0] for s in stamps), max(s[-1] for s in stamps)] if stamps else None}
+
+
 class RequestFailed(Exception):
     """An error answered with ``status`` and a JSON body naming the field."""
 
@@ -52,12 +62,13 @@ class RequestFailed(Exception):
 
 @bentoml.asgi_app(health_app, path="/v1")
 @bentoml.service(name="kronos", resources=service_resources(SETTINGS), workers=SETTINGS.workers,
-                 traffic={"timeout": SETTINGS.timeout_s})
+                 traffic={"timeout": SETTINGS.timeout_s}, tracing=tracing_config(SETTINGS))
 class KronosService:
     """Single and batch forecasts over one or more (A/B) Kronos model variants."""
 
     def __init__(self) -> None:
         self.settings = SETTINGS
+        configure_json_logging(SETTINGS.log_level)
         if SETTINGS.threads:
             torch.set_num_threads(SETTINGS.threads)
         self.variants: list[Variant] = []
@@ -106,14 +117,15 @@ class KronosService:
                         index_errors: bool) -> list[dict[str, Any]]:
         """Validate every body, then submit them to their variants' batchers together."""
         prepared = []
-        for i, body in enumerate(bodies):
-            try:
-                variant = self._variant(body)
-                request = to_forecast_request(body, self.settings)
-                prepared.append((variant, request, variant.forecaster.prepare(request)))
-            except InputError as exc:
-                field = f"batch[{i}].{exc.field}" if index_errors else exc.field
-                raise RequestFailed(400, f"{field}: {exc.message}", field) from exc
+        with tracer().start_as_current_span("validation", attributes={"kronos.series": len(bodies)}):
+            for i, body in enumerate(bodies):
+                try:
+                    variant = self._variant(body)
+                    request = to_forecast_request(body, self.settings)
+                    prepared.append((variant, request, variant.forecaster.prepare(request)))
+                except InputError as exc:
+                    field = f"batch[{i}].{exc.field}" if index_errors else exc.field
+                    raise RequestFailed(400, f"{field}: {exc.message}", field) from exc
         by_variant: dict[int, list[int]] = {}
         for i, (variant, _, _) in enumerate(prepared):
             by_variant.setdefault(id(variant), []).append(i)
@@ -124,13 +136,13 @@ class KronosService:
                 outputs = await variant.batcher.submit([prepared[i][1:] for i in indices])
             except QueueFull as exc:
                 raise RequestFailed(503, f"overloaded: {exc}", retry_after=1) from exc
-            for i, output in zip(indices, outputs):
-                variant = prepared[i][0]
-                METRICS.series_length.labels(model_version=variant.version).observe(
-                    output.history_rows)
-                METRICS.horizon.labels(model_version=variant.version).observe(len(output.mean))
-                results[i] = to_response(output, bool(bodies[i].quantiles), variant.source.name,
-                                         variant.version, variant.device, request_id)
+            with tracer().start_as_current_span("postprocess"):
+                for i, output in zip(indices, outputs):
+                    METRICS.series_length.labels(model_version=variant.version).observe(
+                        output.history_rows)
+                    METRICS.horizon.labels(model_version=variant.version).observe(len(output.mean))
+                    results[i] = to_response(output, bool(bodies[i].quantiles), variant.source.name,
+                                             variant.version, variant.device, request_id)
         return results
 
     async def _serve(self, ctx: bentoml.Context, route: str, bodies: list[SingleRequest],
@@ -138,6 +150,9 @@ class KronosService:
         started = time.perf_counter()
         request_id = ctx.request.headers.get("x-request-id") or uuid.uuid4().hex
         ctx.response.headers["X-Request-ID"] = request_id
+        trace_id, _ = current_trace_ids()
+        if trace_id:
+            ctx.response.headers["X-Trace-ID"] = trace_id
         version = "none"
         try:
             results = await self._forecast(bodies, request_id, index_errors=batch)
@@ -151,13 +166,20 @@ class KronosService:
             body = {"error": exc.error, "field": exc.field, "request_id": request_id}
         except Exception as exc:  # the runtime failed on this batch: a clear 500, worker lives on
             log.exception("forecast failed", extra={"event": "forecast_failed",
-                                                    "request_id": request_id})
+                                                    "request_id": request_id, "path": route,
+                                                    "input": input_summary(bodies)})
             ctx.response.status_code = 500
-            body = {"error": f"forecast failed: {type(exc).__name__}", "request_id": request_id}
-        status = str(ctx.response.status_code)
-        METRICS.requests.labels(route=route, status=status, model_version=version).inc()
-        METRICS.request_duration.labels(route=route, model_version=version).observe(
-            time.perf_counter() - started)
+            body = {"error": f"forecast failed: {type(exc).__name__}: {exc}",
+                    "request_id": request_id}
+        seconds = time.perf_counter() - started
+        status = ctx.response.status_code
+        METRICS.requests.labels(route=route, status=str(status), model_version=version).inc()
+        METRICS.request_duration.labels(route=route, model_version=version).observe(seconds)
+        log.log(logging.WARNING if status >= 400 else logging.INFO, "request",
+                extra={"event": "request", "request_id": request_id, "path": route,
+                       "latency_ms": round(seconds * 1000, 3), "model_version": version,
+                       "device": self.settings.device, "result_status": status,
+                       "error": body.get("error"), "input": input_summary(bodies)})
         return body
 
     @bentoml.api(route="/v1/predict/single", input_spec=SingleRequest)

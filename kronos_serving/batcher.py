@@ -7,13 +7,18 @@ and runs them together in a worker thread. A failing batch fails only its own jo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from opentelemetry import context as otel_context
+
 from kronos_runtime import ForecastRequest, ForecastResult, KronosForecaster
 from kronos_runtime.series import PreparedSeries
+
+log = logging.getLogger("kronos.batcher")
 
 
 class QueueFull(RuntimeError):
@@ -25,7 +30,8 @@ class Job:
     request: ForecastRequest
     prepared: PreparedSeries
     future: asyncio.Future
-    queued_at: float = field(default_factory=time.perf_counter)
+    queued_ns: int = field(default_factory=time.time_ns)
+    trace_context: otel_context.Context = field(default_factory=otel_context.get_current)
 
     @property
     def rows(self) -> int:
@@ -39,8 +45,14 @@ class BatchStats:
     series: int
     rows: int
     seconds: float
-    queue_waits: list[float]
+    started_ns: int
+    ended_ns: int
+    jobs: list[Job]
     failed: bool
+
+    @property
+    def queue_waits(self) -> list[float]:
+        return [(self.started_ns - job.queued_ns) / 1e9 for job in self.jobs]
 
 
 class Batcher:
@@ -98,10 +110,13 @@ class Batcher:
                     await asyncio.sleep(self.max_wait_s)
                 batch = self._take()
                 if batch:
-                    await self._run_batch(batch)
+                    try:
+                        await self._run_batch(batch)
+                    except Exception:  # never let the loop die: later batches must still run
+                        log.exception("batch bookkeeping failed", extra={"event": "batcher_error"})
 
     async def _run_batch(self, batch: list[Job]) -> None:
-        started = time.perf_counter()
+        started, started_ns = time.perf_counter(), time.time_ns()
         self.in_flight += len(batch)
         failed = False
         try:
@@ -120,6 +135,5 @@ class Batcher:
             self.in_flight -= len(batch)
         if self.on_batch:
             self.on_batch(BatchStats(series=len(batch), rows=sum(j.rows for j in batch),
-                                     seconds=time.perf_counter() - started,
-                                     queue_waits=[started - j.queued_at for j in batch],
-                                     failed=failed))
+                                     seconds=time.perf_counter() - started, started_ns=started_ns,
+                                     ended_ns=time.time_ns(), jobs=batch, failed=failed))

@@ -45,6 +45,10 @@ class Settings:
     memory: str = "4Gi"
     gpu: int = 1
     timeout_s: int = 300
+    log_level: str = "INFO"
+    otlp_endpoint: str = ""
+    otlp_protocol: str = "http"
+    trace_sample_rate: float = 1.0
 
     @property
     def uses_gpu(self) -> bool:

@@ -17,6 +17,7 @@ from .metrics import METRICS
 from .model_store import ModelSource, import_model, store_source
 from .routing import parse_variants
 from .settings import Settings
+from .tracing import record_batch_spans
 
 log = logging.getLogger("kronos.models")
 
@@ -130,6 +131,7 @@ def load_variant(settings: Settings, source: ModelSource, weight: float) -> Vari
         METRICS.inference_duration.labels(model_version=version).observe(stats.seconds)
         for wait in stats.queue_waits:
             METRICS.queue_wait.labels(model_version=version).observe(wait)
+        record_batch_spans(stats, version)
 
     batcher = Batcher(forecaster, settings.max_batch_series, settings.max_batch_rows,
                       settings.max_wait_ms / 1000, settings.max_queue, on_batch=record)
