@@ -73,7 +73,7 @@ class KronosForecaster:
         self.max_context = max_context
         self.sliding: SlidingMode = sliding
         self.default_freq = default_freq
-        self.device = model.head.proj_s1.weight.device
+        self.device = model.device
 
     @classmethod
     def from_pretrained(cls, model: str | Path, tokenizer: str | Path, device: str = "cpu",

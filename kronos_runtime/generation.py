@@ -63,7 +63,7 @@ class _Generation:
                  max_context: int, sliding: SlidingMode) -> None:
         self.model, self.series, self.row_series = model, series, row_series
         self.max_context, self.sliding = max_context, sliding
-        self.device = model.head.proj_s1.weight.device
+        self.device = model.device
         steps = max(s.horizon for s in series)
         self.gen_s1 = torch.zeros(len(row_series), steps, dtype=torch.long, device=self.device)
         self.gen_s2 = torch.zeros_like(self.gen_s1)

@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import ModelConfig, TokenizerConfig
 from .errors import CheckpointError
-from .layers import fuse_projections
+from .layers import optimize_for_inference
 from .model import KronosModel
 from .tokenizer import KronosTokenizer
 
@@ -94,7 +94,7 @@ def _load(build: Callable[[dict], M], source: str | Path, device: str | torch.de
         raise CheckpointError(f"{directory}/config.json: {exc}") from exc
     load_weights(module, read_state_dict(directory), str(directory))
     module = module.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    fuse_projections(module)
+    optimize_for_inference(module)
     return module
 
 

@@ -111,6 +111,14 @@ class KronosModel(nn.Module):
         self.head = DualHead(config)
         self.rope = RotaryTable(d // config.n_heads)
 
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.emb_s1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embedding.emb_s1.weight.dtype
+
     def _inputs(self, s1: torch.Tensor, s2: torch.Tensor, stamps: torch.Tensor) -> torch.Tensor:
         return self.embedding(s1, s2) + self.time_emb(stamps)
 

@@ -44,6 +44,10 @@ class KronosTokenizer(nn.Module):
         self.head = nn.Linear(d, config.d_in)
         self.rope = RotaryTable(d // heads)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder[0].norm1.weight.dtype if len(self.decoder) else torch.float32
+
     def _run(self, blocks: nn.ModuleList, z: torch.Tensor) -> torch.Tensor:
         rope = self.rope.span(z.shape[1], z)
         for block in blocks:
@@ -62,6 +66,5 @@ class KronosTokenizer(nn.Module):
         """Normalised rows [batch, length, d_in] for token ids [batch, length]."""
         bits = torch.cat([ids_to_bits(s1, self.config.s1_bits),
                           ids_to_bits(s2, self.config.s2_bits)], dim=-1)
-        dtype = self.post_quant_embed.weight.dtype
-        codes = (bits.to(dtype) * 2 - 1) * (1.0 / math.sqrt(self.codebook_dim))
+        codes = (bits.to(self.dtype) * 2 - 1) * (1.0 / math.sqrt(self.codebook_dim))
         return self.head(self._run(self.decoder, self.post_quant_embed(codes)))
