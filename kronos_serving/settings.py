@@ -9,7 +9,9 @@ from typing import Mapping
 
 import yaml
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configuration" / "kronos.yaml"
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = SOURCE_ROOT / "configuration" / "kronos.yaml"
+BENTO_MANIFEST = SOURCE_ROOT.parent / "bento.yaml"  # present when running from a built Bento
 ENV_PREFIX = "KRONOS_"
 
 
@@ -71,9 +73,20 @@ def _coerce(kind: type, name: str, raw: object) -> object:
         raise ValueError(f"setting {name}: expected {kind.__name__}, got {raw!r}") from exc
 
 
+def bento_envs(manifest: Path = BENTO_MANIFEST) -> dict[str, str]:
+    """The ``envs`` recorded in the Bento we run from (the model tags it carries), if any.
+
+    Containers get them as ENV; ``bentoml serve <bento tag>`` does not, so we apply them here.
+    """
+    if SOURCE_ROOT.name != "src" or not manifest.is_file():
+        return {}
+    entries = (yaml.safe_load(manifest.read_text()) or {}).get("envs") or []
+    return {e["name"]: str(e.get("value", "")) for e in entries if "name" in e}
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Defaults < YAML file < environment variables."""
-    environ = os.environ if environ is None else environ
+    """Defaults < YAML file < the Bento's recorded envs < environment variables."""
+    environ = {**bento_envs(), **(os.environ if environ is None else environ)}
     path = Path(environ.get("KRONOS_CONFIG", DEFAULT_CONFIG))
     values: dict[str, object] = {}
     if path.is_file():

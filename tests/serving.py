@@ -42,14 +42,15 @@ class Server:
 
 @contextmanager
 def running_server(bentoml_home: Path, env: dict[str, str], log_path: Path,
-                   wait_ready: bool = True, timeout: float = 120) -> Iterator[Server]:
+                   wait_ready: bool = True, timeout: float = 120,
+                   target: str = "service:KronosService", cwd: Path = ROOT) -> Iterator[Server]:
     """A ``bentoml serve`` subprocess on a free 127.0.0.1 port, stopped (SIGTERM) afterwards."""
     port = free_port()
     full_env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "KRONOS_THREADS": "1",
                 "HF_HUB_OFFLINE": "1", **env}
     with log_path.open("w") as log:
-        process = subprocess.Popen([BENTOML, "serve", "service:KronosService", "--host", "127.0.0.1",
-                                    "--port", str(port)], cwd=ROOT, env=full_env, stdout=log,
+        process = subprocess.Popen([BENTOML, "serve", target, "--host", "127.0.0.1",
+                                    "--port", str(port)], cwd=cwd, env=full_env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     try:
