@@ -154,6 +154,8 @@ class KronosService:
         if trace_id:
             ctx.response.headers["X-Trace-ID"] = trace_id
         version = "none"
+        in_flight = METRICS.in_flight.labels(route=route)
+        in_flight.inc()
         try:
             results = await self._forecast(bodies, request_id, index_errors=batch)
             version = ",".join(sorted({r["model_version"] for r in results})) or "none"
@@ -171,6 +173,8 @@ class KronosService:
             ctx.response.status_code = 500
             body = {"error": f"forecast failed: {type(exc).__name__}: {exc}",
                     "request_id": request_id}
+        finally:
+            in_flight.dec()
         seconds = time.perf_counter() - started
         status = ctx.response.status_code
         METRICS.requests.labels(route=route, status=str(status), model_version=version).inc()

@@ -66,6 +66,12 @@ class Metrics:
             labelnames=["model_version"], buckets=LENGTH_BUCKETS)
 
     @cached_property
+    def in_flight(self):
+        return bentoml.metrics.Gauge(
+            name="kronos_in_flight_requests", documentation="Forecast requests being served",
+            labelnames=["route"], multiprocess_mode="livesum")
+
+    @cached_property
     def model_info(self):
         return bentoml.metrics.Gauge(
             name="kronos_model_info", documentation="Loaded model variants (1 per worker)",

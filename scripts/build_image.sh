@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Build an OCI image of a Bento with `bentoml containerize`, using whichever backend is installed
+# (docker, podman or buildah). CPU image by default; --gpu builds the CUDA variant.
+#
+#   scripts/build_image.sh --model kronos-small:latest            # -> kronos:<version> (CPU)
+#   scripts/build_image.sh --model kronos-small:latest --gpu      # CUDA base, KRONOS_DEVICE=cuda
+#   scripts/build_image.sh --bento kronos:abc123                  # containerize an existing Bento
+#
+# Run it:   docker run -p 3000:3000 kronos:<version>
+# (metrics on /metrics, tracing with -e KRONOS_OTLP_ENDPOINT=http://collector:4318/v1/traces)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+BENTOML=${BENTOML:-.venv/bin/bentoml}
+variant=cpu bento="" models=() extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --gpu) variant=gpu ;;
+    --bento) bento=$2; shift ;;
+    --model) models+=(--model "$2"); shift ;;
+    --backend) BACKEND=$2; shift ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ -z "${BACKEND:-}" ]; then
+  for candidate in docker podman buildah; do
+    if command -v "$candidate" >/dev/null 2>&1; then BACKEND=$candidate; break; fi
+  done
+fi
+[ -n "${BACKEND:-}" ] || { echo "no container backend found (docker, podman or buildah)" >&2; exit 1; }
+if [ -z "$bento" ]; then
+  bento=$("$PYTHON" scripts/build_bento.py --variant "$variant" "${models[@]}")
+fi
+image="${bento%%:*}-${variant}:${bento##*:}"
+echo "containerizing $bento as $image with $BACKEND" >&2
+"$BENTOML" containerize "$bento" --backend "$BACKEND" --image-tag "$image" "${extra[@]}"
+echo "$image"
