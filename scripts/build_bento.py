@@ -41,7 +41,7 @@ def resolve(spec: str) -> tuple[str, str]:
     return str(bentoml.models.get(tag).tag), weight or "1"
 
 
-def requirements_for(variant: str, wheels_dir: str | None) -> list[str]:
+def requirements_for(variant: str) -> list[str]:
     lines = [line for line in (ROOT / "requirements.txt").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     if variant == "cpu":  # the CPU wheel: plain torch==X from PyPI is the multi-GB CUDA build
@@ -56,14 +56,15 @@ def bentofile(models: list[tuple[str, str]], variant: str, wheels_dir: str | Non
     build = ROOT / "build"
     build.mkdir(exist_ok=True)
     requirements = build / f"requirements.{variant}.txt"
-    requirements.write_text("\n".join(requirements_for(variant, wheels_dir)) + "\n")
+    requirements.write_text("\n".join(requirements_for(variant)) + "\n")
     python = config.setdefault("python", {})
     python["requirements_txt"] = str(requirements.relative_to(ROOT))
-    if variant == "cpu":
-        python["extra_index_url"] = [TORCH_CPU_INDEX]
-    if wheels_dir:
-        python["find_links"] = [wheels_dir]
     docker = config.setdefault("docker", {})
+    if wheels_dir:  # offline/air-gapped builds: torch from a local wheel directory in the image
+        python["find_links"] = [wheels_dir]
+        docker["env"] = {"UV_FIND_LINKS": wheels_dir, "PIP_FIND_LINKS": wheels_dir}
+    elif variant == "cpu":
+        python["extra_index_url"] = [TORCH_CPU_INDEX]
     docker["dockerfile_template"] = "deploy/Dockerfile.template"
     if variant == "gpu":
         docker["cuda_version"] = CUDA_VERSION

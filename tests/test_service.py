@@ -223,10 +223,26 @@ def test_readiness_fails_clearly_when_the_model_cannot_load(tmp_path):
 def test_offline_default_serves_a_dev_checkpoint_loudly(tmp_path):
     env = {"KRONOS_MODEL": "", "KRONOS_VARIANTS": "", "HF_HUB_OFFLINE": "1",
            "HF_HOME": str(tmp_path / "hf")}
-    with running_server(tmp_path / "home", env, tmp_path / "server.log") as srv:
+    with running_server(tmp_path / "home", env, tmp_path / "server.log", wait_ready=False) as srv:
+        seen = []  # generating + loading the small dev checkpoint takes seconds: readyz says so
+        for _ in range(600):
+            ready = httpx.get(srv.url + "/v1/readyz")
+            seen.append((ready.status_code, ready.json()["status"]))
+            if ready.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert seen[0] == (503, "loading") and seen[-1] == (200, "ready"), seen[:3]
         ready = httpx.get(srv.url + "/v1/readyz").json()
         assert ready["dev_checkpoint"] is True and "random weights" in ready["warning"]
         assert ready["model"].startswith("kronos-dev:") and ready["max_context"] == 512
         response = post(srv, "/v1/predict/single", OLD_EXAMPLE).json()
         assert response["model"].startswith("kronos-dev:")
         assert "GENERATED DEV CHECKPOINT" in srv.log()
+
+
+def test_gpu_resource_hint_only_for_cuda_devices():
+    from kronos_serving.settings import Settings
+    from service import service_resources
+
+    assert "gpu" not in service_resources(Settings(device="cpu"))
+    assert service_resources(Settings(device="cuda:0", gpu=1, cpu=4))["gpu"] == 1
