@@ -14,6 +14,11 @@ SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LENGTH_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
+def _histogram(name: str, documentation: str, buckets: tuple, labels: tuple = ("model_version",)):
+    return bentoml.metrics.Histogram(name=name, documentation=documentation,
+                                     labelnames=list(labels), buckets=buckets)
+
+
 class Metrics:
     """Lazily created metric families (the multiprocess directory is set up by BentoML first)."""
 
@@ -25,45 +30,33 @@ class Metrics:
 
     @cached_property
     def request_duration(self):
-        return bentoml.metrics.Histogram(
-            name="kronos_request_duration_seconds", documentation="Request latency",
-            labelnames=["route", "model_version"], buckets=LATENCY_BUCKETS)
+        return _histogram("kronos_request_duration_seconds", "Request latency", LATENCY_BUCKETS,
+                          ("route", "model_version"))
 
     @cached_property
     def inference_duration(self):
-        return bentoml.metrics.Histogram(
-            name="kronos_inference_duration_seconds", documentation="Runtime call duration",
-            labelnames=["model_version"], buckets=LATENCY_BUCKETS)
+        return _histogram("kronos_inference_duration_seconds", "Runtime call duration", LATENCY_BUCKETS)
 
     @cached_property
     def batch_size(self):
-        return bentoml.metrics.Histogram(
-            name="kronos_batch_size", documentation="Series per runtime call",
-            labelnames=["model_version"], buckets=SIZE_BUCKETS)
+        return _histogram("kronos_batch_size", "Series per runtime call", SIZE_BUCKETS)
 
     @cached_property
     def queue_wait(self):
-        return bentoml.metrics.Histogram(
-            name="kronos_queue_wait_seconds", documentation="Time a series waited for its batch",
-            labelnames=["model_version"], buckets=LATENCY_BUCKETS)
+        return _histogram("kronos_queue_wait_seconds", "Time a series waited for its batch",
+                          LATENCY_BUCKETS)
 
     @cached_property
     def model_load(self):
-        return bentoml.metrics.Histogram(
-            name="kronos_model_load_seconds", documentation="Model load time",
-            labelnames=["model_version"], buckets=LATENCY_BUCKETS)
+        return _histogram("kronos_model_load_seconds", "Model load time", LATENCY_BUCKETS)
 
     @cached_property
     def series_length(self):
-        return bentoml.metrics.Histogram(
-            name="kronos_series_length", documentation="Input rows per series",
-            labelnames=["model_version"], buckets=LENGTH_BUCKETS)
+        return _histogram("kronos_series_length", "Input rows per series", LENGTH_BUCKETS)
 
     @cached_property
     def horizon(self):
-        return bentoml.metrics.Histogram(
-            name="kronos_horizon", documentation="Forecast steps per series",
-            labelnames=["model_version"], buckets=LENGTH_BUCKETS)
+        return _histogram("kronos_horizon", "Forecast steps per series", LENGTH_BUCKETS)
 
     @cached_property
     def in_flight(self):
