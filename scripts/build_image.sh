@@ -34,6 +34,10 @@ if [ -z "$bento" ]; then
   bento=$("$PYTHON" scripts/build_bento.py --variant "$variant" "${models[@]}")
 fi
 image="${bento%%:*}-${variant}:${bento##*:}"
+# bentoml 1.4 only reads the Dockerfile template from below the working directory, and it
+# builds in a temporary copy of the Bento: keep that copy under the repository.
+mkdir -p build/tmp
+export TMPDIR="$PWD/build/tmp"
 echo "containerizing $bento as $image with $BACKEND" >&2
 "$BENTOML" containerize "$bento" --backend "$BACKEND" --image-tag "$image" "${extra[@]}"
 echo "$image"
