@@ -38,6 +38,8 @@ image="${bento%%:*}-${variant}:${bento##*:}"
 # builds in a temporary copy of the Bento: keep that copy under the repository.
 mkdir -p build/tmp
 export TMPDIR="$PWD/build/tmp"
+# podman/buildah write OCI images by default, which drop HEALTHCHECK: ask for the docker format.
+export BUILDAH_FORMAT=${BUILDAH_FORMAT:-docker}
 echo "containerizing $bento as $image with $BACKEND" >&2
 "$BENTOML" containerize "$bento" --backend "$BACKEND" --image-tag "$image" "${extra[@]}"
 echo "$image"
