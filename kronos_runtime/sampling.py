@@ -27,6 +27,8 @@ class SamplingParams:
             raise InputError("top_p", "must be in (0, 1]")
         if self.sample_count < 1:
             raise InputError("sample_count", "must be >= 1")
+        if self.seed is not None and not 0 <= self.seed < 2 ** 63:
+            raise InputError("seed", "must be an integer in [0, 2**63)")
 
     @property
     def greedy(self) -> bool:

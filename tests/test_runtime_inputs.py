@@ -73,6 +73,8 @@ def test_column_names_are_case_insensitive(forecaster):
     ("top_p", dict(sampling=SamplingParams(top_p=1.5))),
     ("top_k", dict(sampling=SamplingParams(top_k=-1))),
     ("sample_count", dict(sampling=SamplingParams(sample_count=0))),
+    ("seed", dict(sampling=SamplingParams(seed=2 ** 64 + 1))),
+    ("seed", dict(sampling=SamplingParams(seed=-1))),
     ("quantiles", dict(quantiles=[0.5, 1.0])),
     ("lookback", dict(lookback=1)),
 ])
