@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kronos_runtime import CheckpointError, InputError  # noqa: E402
 from kronos_serving.batcher import QueueFull  # noqa: E402
+from kronos_serving.guard import GuardMiddleware  # noqa: E402
 from kronos_serving.health import health_app  # noqa: E402
 from kronos_serving.logs import configure_json_logging, current_trace_ids  # noqa: E402
 from kronos_serving.metrics import METRICS  # noqa: E402
@@ -202,3 +203,9 @@ class KronosService:
             ctx.response.status_code = 400
             return {"error": "batch: must hold at least one item", "field": "batch"}
         return await self._serve(ctx, "/v1/predict/batch", batch, batch=True)
+
+
+KronosService.add_asgi_middleware(
+    GuardMiddleware, api_keys=SETTINGS.api_keys, protect_metrics=SETTINGS.protect_metrics,
+    max_body_bytes=int(SETTINGS.max_request_size_mb * 1024 * 1024),
+    rate_limit_per_minute=SETTINGS.rate_limit_per_minute)

@@ -51,6 +51,10 @@ class Settings:
     otlp_endpoint: str = ""
     otlp_protocol: str = "http"
     trace_sample_rate: float = 1.0
+    api_keys: str = ""
+    protect_metrics: bool = False
+    max_request_size_mb: float = 16.0
+    rate_limit_per_minute: int = 0
 
     @property
     def uses_gpu(self) -> bool:

@@ -1,0 +1,122 @@
+"""ASGI guard in front of every route: API keys, request body size and per-key rate limits.
+
+Health and readiness stay open; metrics are open unless ``protect_metrics`` is set. Keys come as
+``Authorization: Bearer <key>`` (what the BentoML clients send) or ``X-API-Key``, and are compared
+in constant time. The rate limit is per key (per client address without keys) and per worker.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import threading
+import time
+from typing import Any, Awaitable, Callable
+
+OPEN_PATHS = ("/v1/healthz", "/v1/readyz", "/healthz", "/readyz", "/livez")
+METRICS_PATHS = ("/metrics", "/v1/metrics")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+
+def parse_keys(text: str) -> list[bytes]:
+    return [k.strip().encode() for k in text.split(",") if k.strip()]
+
+
+def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
+    authorization = headers.get(b"authorization", b"")
+    if authorization[:7].lower() == b"bearer ":
+        return authorization[7:].strip()
+    return headers.get(b"x-api-key")
+
+
+def key_matches(candidate: bytes, keys: list[bytes]) -> bool:
+    """Constant-time comparison against every configured key."""
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(candidate, key)
+    return found
+
+
+class RateLimiter:
+    """A token bucket per client: ``per_minute`` requests, refilled continuously."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        self.buckets: dict[str, tuple[float, float]] = {}
+        self.lock = threading.Lock()
+
+    def retry_after(self, client: str) -> int:
+        """0 if the request may go now (and take a token), else seconds to wait."""
+        now = time.monotonic()
+        with self.lock:
+            tokens, last = self.buckets.get(client, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                self.buckets[client] = (tokens - 1, now)
+                return 0
+            self.buckets[client] = (tokens, now)
+            return max(1, math.ceil((1 - tokens) / self.rate))
+
+
+async def reply(send: Send, status: int, error: str, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"error": error}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class GuardMiddleware:
+    """Rejects unauthenticated (401), oversized (413) and over-rate (429) requests early."""
+
+    def __init__(self, app: Callable, api_keys: str = "", max_body_bytes: int = 0,
+                 rate_limit_per_minute: int = 0, protect_metrics: bool = False) -> None:
+        self.app = app
+        self.keys = parse_keys(api_keys)
+        self.max_body_bytes = max_body_bytes
+        self.limiter = RateLimiter(rate_limit_per_minute) if rate_limit_per_minute > 0 else None
+        self.protect_metrics = protect_metrics
+
+    def _is_open(self, path: str) -> bool:
+        return path in OPEN_PATHS or (path in METRICS_PATHS and not self.protect_metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._is_open(scope.get("path", "")):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        key = presented_key(headers)
+        if self.keys and (key is None or not key_matches(key, self.keys)):
+            return await reply(send, 401, "missing or invalid API key",
+                               {"WWW-Authenticate": 'Bearer realm="kronos"'})
+        if self.limiter:
+            client = hashlib.sha256(key).hexdigest() if key else (scope.get("client") or ("?",))[0]
+            wait = self.limiter.retry_after(client)
+            if wait:
+                return await reply(send, 429, "rate limit exceeded", {"Retry-After": str(wait)})
+        if self.max_body_bytes:
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                return await reply(send, 413, f"request body over {self.max_body_bytes} bytes")
+            if declared is None:  # chunked: read it (up to the limit), then replay it
+                messages, size = [], 0
+                while True:
+                    message = await receive()
+                    messages.append(message)
+                    size += len(message.get("body", b""))
+                    if size > self.max_body_bytes:
+                        return await reply(send, 413, f"request body over {self.max_body_bytes} bytes")
+                    if message["type"] != "http.request" or not message.get("more_body"):
+                        break
+                receive = self._replay(messages, receive)
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _replay(messages: list[dict], receive: Receive) -> Receive:
+        async def replayed() -> dict:
+            return messages.pop(0) if messages else await receive()
+        return replayed
