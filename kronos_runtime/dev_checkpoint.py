@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import ModelConfig, TokenizerConfig
+from .layers import RotaryTable
 from .model import KronosModel
 from .tokenizer import KronosTokenizer
 
@@ -57,8 +58,9 @@ def randomise(module: nn.Module, generator: torch.Generator) -> None:
         param.data = std * torch.randn(param.shape, generator=generator)
 
 
-def _rotary_buffers(module: nn.Module, prefixes: list[str], head_dim: int) -> dict[str, torch.Tensor]:
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+def _rotary_buffers(prefixes: list[str], head_dim: int) -> dict[str, torch.Tensor]:
+    """The ``inv_freq`` buffers the released files carry (unused at inference)."""
+    inv_freq = RotaryTable(head_dim).inv_freq
     return {f"{p}.rotary.inv_freq": inv_freq.clone() for p in prefixes}
 
 
@@ -76,8 +78,8 @@ def write_model(directory: Path, shape: str = "tiny", seed: int = 0) -> Path:
     randomise(model, torch.Generator().manual_seed(seed))
     state = dict(model.state_dict())
     attn = [f"transformer.{i}.self_attn" for i in range(config.n_layers)]
-    state.update(_rotary_buffers(model, attn, config.d_model // config.n_heads))
-    state.update(_rotary_buffers(model, ["dep_layer.cross_attn"], config.d_model // 4))
+    state.update(_rotary_buffers(attn, config.d_model // config.n_heads))
+    state.update(_rotary_buffers(["dep_layer.cross_attn"], config.d_model // 4))
     return _save(directory, config.to_dict(), state)
 
 
@@ -90,7 +92,7 @@ def write_tokenizer(directory: Path, shape: str = "tiny", seed: int = 1) -> Path
     state = dict(tokenizer.state_dict())
     blocks = [f"encoder.{i}.self_attn" for i in range(config.n_enc_layers - 1)]
     blocks += [f"decoder.{i}.self_attn" for i in range(config.n_dec_layers - 1)]
-    state.update(_rotary_buffers(tokenizer, blocks, config.d_model // config.n_heads))
+    state.update(_rotary_buffers(blocks, config.d_model // config.n_heads))
     state["post_quant_embed_pre.weight"] = 0.1 * torch.randn(config.d_model, config.s1_bits,
                                                              generator=generator)
     state["post_quant_embed_pre.bias"] = torch.zeros(config.d_model)

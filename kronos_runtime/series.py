@@ -80,15 +80,13 @@ def complete_columns(frame: pd.DataFrame) -> pd.DataFrame:
 def to_datetime_index(values: Sequence | pd.Index | None, field: str) -> pd.DatetimeIndex | None:
     if values is None:
         return None
+    if len(values) and all(isinstance(v, (int, float, np.integer, np.floating))
+                           and not isinstance(v, bool) for v in values):
+        raise InputError(field, "timestamps must be ISO-8601 strings or datetimes, not numbers")
     try:
-        if len(values) and all(isinstance(v, (int, float, np.integer, np.floating))
-                               and not isinstance(v, bool) for v in values):
-            raise InputError(field, "timestamps must be ISO-8601 strings or datetimes, not numbers")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "could not infer format"
             index = pd.DatetimeIndex(pd.to_datetime(list(values)))
-    except InputError:
-        raise
     except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(field, f"cannot parse timestamps ({type(exc).__name__})") from exc
     if index.tz is not None:

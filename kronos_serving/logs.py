@@ -78,7 +78,4 @@ def configure_json_logging(level: str = "INFO") -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(formatter)
         logging.getLogger().addHandler(handler)
-    kronos = logging.getLogger("kronos")
-    kronos.setLevel(level.upper())
-    if not any(h for h in logging.getLogger().handlers):
-        kronos.addHandler(logging.StreamHandler())
+    logging.getLogger("kronos").setLevel(level.upper())
