@@ -6,6 +6,7 @@ batcher, so concurrent requests run as one ragged runtime call. Run: ``make serv
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kronos_runtime import CheckpointError, InputError  # noqa: E402
 from kronos_serving.batcher import QueueFull  # noqa: E402
+from kronos_serving.draining import Drain  # noqa: E402
 from kronos_serving.guard import GuardMiddleware  # noqa: E402
 from kronos_serving.health import health_app  # noqa: E402
 from kronos_serving.logs import configure_json_logging, current_trace_ids  # noqa: E402
@@ -30,6 +32,7 @@ from kronos_serving.routing import choose  # noqa: E402
 from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
 from kronos_serving.settings import Settings, load_settings  # noqa: E402
 from kronos_serving.tracing import tracer, tracing_config  # noqa: E402
+from kronos_serving.validation_errors import ValidationErrorMiddleware  # noqa: E402
 from kronos_serving.variants import Variant, load_variant, resolve_sources  # noqa: E402
 
 log = logging.getLogger("kronos.service")
@@ -63,7 +66,7 @@ class RequestFailed(Exception):
 
 @bentoml.asgi_app(health_app, path="/v1")
 @bentoml.service(name="kronos", resources=service_resources(SETTINGS), workers=SETTINGS.workers,
-                 traffic={"timeout": SETTINGS.timeout_s}, tracing=tracing_config(SETTINGS))
+                 traffic={"timeout": SETTINGS.timeout_s + 30}, tracing=tracing_config(SETTINGS))
 class KronosService:
     """Single and batch forecasts over one or more (A/B) Kronos model variants."""
 
@@ -74,6 +77,10 @@ class KronosService:
             torch.set_num_threads(SETTINGS.threads)
         self.variants: list[Variant] = []
         self.load_error: str | None = None
+        self.drain = Drain(SETTINGS.drain_delay_s)
+        if not self.drain.install():
+            log.warning("SIGTERM handler not installed: readiness will not fail before shutdown",
+                        extra={"event": "drain_unavailable"})
         self.loading = threading.Thread(target=self._load, name="kronos-model-load", daemon=True)
         self.loading.start()
 
@@ -92,6 +99,8 @@ class KronosService:
 
     def readiness(self) -> dict[str, Any]:
         """What /v1/readyz reports."""
+        if self.drain.draining:
+            return {"ready": False, "status": "draining", "error": None}
         if not self.variants:
             return {"ready": False, "status": "failed" if self.load_error else "loading",
                     "error": self.load_error}
@@ -158,7 +167,12 @@ class KronosService:
         in_flight = METRICS.in_flight.labels(route=route)
         in_flight.inc()
         try:
-            results = await self._forecast(bodies, request_id, index_errors=batch)
+            try:
+                results = await asyncio.wait_for(
+                    self._forecast(bodies, request_id, index_errors=batch), self.settings.timeout_s)
+            except TimeoutError as exc:  # queued jobs are dropped; a running batch finishes alone
+                raise RequestFailed(504, f"timed out after {self.settings.timeout_s} s "
+                                         "(queue wait and forecast)", retry_after=5) from exc
             version = ",".join(sorted({r["model_version"] for r in results})) or "none"
             ctx.response.status_code = 200
             body: dict[str, Any] = {"results": results} if batch else results[0]
@@ -209,3 +223,4 @@ KronosService.add_asgi_middleware(
     GuardMiddleware, api_keys=SETTINGS.api_keys, protect_metrics=SETTINGS.protect_metrics,
     max_body_bytes=int(SETTINGS.max_request_size_mb * 1024 * 1024),
     rate_limit_per_minute=SETTINGS.rate_limit_per_minute)
+KronosService.add_asgi_middleware(ValidationErrorMiddleware)

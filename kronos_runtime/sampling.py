@@ -8,6 +8,10 @@ import torch
 from .errors import InputError
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-6, 1e6  # logits / T stays finite in float32
+MAX_TOP_K = 2 ** 31 - 1  # anything past the vocabulary already means "no filter"
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample one series. ``top_k > 0`` wins over ``top_p`` (as in the reference)."""
@@ -19,10 +23,10 @@ class SamplingParams:
     seed: int | None = None
 
     def validate(self) -> None:
-        if not (0 < self.temperature < float("inf")):
-            raise InputError("temperature", "must be a positive number")
-        if self.top_k < 0:
-            raise InputError("top_k", "must be >= 0")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
+            raise InputError("temperature", f"must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]")
+        if not 0 <= self.top_k <= MAX_TOP_K:
+            raise InputError("top_k", f"must be in [0, {MAX_TOP_K}] (0: no top-k filter)")
         if not 0 < self.top_p <= 1:
             raise InputError("top_p", "must be in (0, 1]")
         if self.sample_count < 1:

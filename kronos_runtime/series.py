@@ -15,6 +15,7 @@ ALL_COLUMNS = PRICE_COLUMNS + ("volume", "amount")
 TIME_FEATURES = ("minute", "hour", "weekday", "day", "month")
 CLIP = 5.0
 STD_EPS = 1e-5
+MAX_ABS_VALUE = 1e15  # past this a price, volume or amount is a unit or parsing error
 MIN_HISTORY = 2
 DEFAULT_START = pd.Timestamp("2000-01-03")  # a Monday: anchors synthesized timestamps
 
@@ -96,6 +97,18 @@ def to_datetime_index(values: Sequence | pd.Index | None, field: str) -> pd.Date
     return index
 
 
+def check_values(raw: np.ndarray) -> None:
+    """Reject absurd magnitudes and candles whose high is below their low."""
+    huge = np.abs(raw) > MAX_ABS_VALUE
+    if huge.any():
+        row, col = map(int, np.argwhere(huge)[0])
+        raise InputError("data", f"row {row} column '{ALL_COLUMNS[col]}' exceeds {MAX_ABS_VALUE:g} "
+                                 "in magnitude")
+    inverted = raw[:, 1] < raw[:, 2]
+    if inverted.any():
+        raise InputError("data", f"row {int(np.argmax(inverted))}: high is below low")
+
+
 def check_increasing(index: pd.DatetimeIndex, field: str) -> None:
     if len(index) > 1 and not (np.diff(index.asi8) > 0).all():
         position = int(np.argmax(np.diff(index.asi8) <= 0)) + 1
@@ -140,13 +153,18 @@ def prepare_series(data: pd.DataFrame, pred_len: int, timestamps: Sequence | Non
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
         raise InputError("data", f"row {row} column '{ALL_COLUMNS[col]}' is NaN or infinite")
+    check_values(raw)
     if history is None:
         history = pd.date_range(start=DEFAULT_START, periods=len(frame), freq=default_freq)
     check_increasing(history, "timestamps")
 
     future = to_datetime_index(future_timestamps, "future_timestamps")
     if future is None:
-        future = continue_index(history, pred_len)
+        try:
+            future = continue_index(history, pred_len)
+        except (OverflowError, ValueError) as exc:  # pandas timestamps end in 2262
+            raise InputError("timestamps", "forecast timestamps would run past the supported "
+                                           f"range ({pd.Timestamp.max.date()})") from exc
     elif len(future) != pred_len:
         raise InputError("future_timestamps", f"has {len(future)} entries, pred_len is {pred_len}")
     else:
@@ -155,8 +173,6 @@ def prepare_series(data: pd.DataFrame, pred_len: int, timestamps: Sequence | Non
             raise InputError("future_timestamps", "must start after the last input timestamp")
 
     values = raw.astype(np.float32)
-    if not np.isfinite(values).all():
-        raise InputError("data", "values overflow float32")
     mean, std = np.mean(values, axis=0), np.std(values, axis=0)
     normalised = np.clip((values - mean) / (std + STD_EPS), -CLIP, CLIP)
     return PreparedSeries(values=normalised.astype(np.float32), mean=mean, std=std,

@@ -1,4 +1,4 @@
-"""ASGI guard in front of every route: API keys, request body size and per-key rate limits.
+"""ASGI guard in front of every route: API keys, body size and type, per-key rate limits.
 
 Health and readiness stay open; metrics are open unless ``protect_metrics`` is set. Keys come as
 ``Authorization: Bearer <key>`` (what the BentoML clients send) or ``X-API-Key``, and are compared
@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable
 
 OPEN_PATHS = ("/v1/healthz", "/v1/readyz", "/healthz", "/readyz", "/livez")
 METRICS_PATHS = ("/metrics", "/v1/metrics")
+JSON_ONLY_PREFIX = "/v1/predict"
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
@@ -31,6 +32,14 @@ def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
     if authorization[:7].lower() == b"bearer ":
         return authorization[7:].strip()
     return headers.get(b"x-api-key")
+
+
+def is_json(content_type: bytes | None) -> bool:
+    """No type (read as JSON) or application/json, application/*+json, with any parameters."""
+    if not content_type:
+        return True
+    kind = content_type.split(b";")[0].strip().lower()
+    return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))
 
 
 def key_matches(candidate: bytes, keys: list[bytes]) -> bool:
@@ -63,8 +72,9 @@ class RateLimiter:
             return max(1, math.ceil((1 - tokens) / self.rate))
 
 
-async def reply(send: Send, status: int, error: str, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"error": error}).encode()
+async def reply(send: Send, status: int, error: str, headers: dict[str, str] | None = None,
+                field: str | None = None) -> None:
+    body = json.dumps({"error": error, "field": field} if field else {"error": error}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -72,7 +82,7 @@ async def reply(send: Send, status: int, error: str, headers: dict[str, str] | N
 
 
 class GuardMiddleware:
-    """Rejects unauthenticated (401), oversized (413) and over-rate (429) requests early."""
+    """Rejects unauthenticated (401), oversized (413), non-JSON (415) and over-rate (429) requests."""
 
     def __init__(self, app: Callable, api_keys: str = "", max_body_bytes: int = 0,
                  rate_limit_per_minute: int = 0, protect_metrics: bool = False) -> None:
@@ -98,6 +108,10 @@ class GuardMiddleware:
             wait = self.limiter.retry_after(client)
             if wait:
                 return await reply(send, 429, "rate limit exceeded", {"Retry-After": str(wait)})
+        if scope.get("path", "").startswith(JSON_ONLY_PREFIX) and not is_json(
+                headers.get(b"content-type")):
+            return await reply(send, 415, "Content-Type must be application/json",
+                               field="Content-Type")
         if self.max_body_bytes:
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:

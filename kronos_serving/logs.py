@@ -62,6 +62,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def client_errors_without_stacks(record: logging.LogRecord) -> bool:
+    """BentoML logs every request that fails schema validation as an error with a stack: it is
+    a client error (answered 400, and logged by our request log), so keep one warning line."""
+    error = record.exc_info[1] if record.exc_info else None
+    if type(error).__name__ == "ValidationError" and type(error).__module__.startswith("pydantic"):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = "request failed schema validation: %s", (
+            f"{error.error_count()} error(s)",)
+        record.exc_info = record.exc_text = None
+    return True
+
+
 def configure_json_logging(level: str = "INFO") -> None:
     """Give every configured handler the JSON formatter; set the ``kronos`` loggers' level."""
     formatter = JsonFormatter()
@@ -73,6 +85,8 @@ def configure_json_logging(level: str = "INFO") -> None:
             handler.setFormatter(formatter)
             # BentoML's filter overwrites record.request_id with its own id; we log ours.
             handler.filters = [f for f in handler.filters if type(f).__name__ != "TraceRecordFilter"]
+            if client_errors_without_stacks not in handler.filters:
+                handler.addFilter(client_errors_without_stacks)
             handled = True
     if not handled:
         handler = logging.StreamHandler()

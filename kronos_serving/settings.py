@@ -46,7 +46,8 @@ class Settings:
     cpu: int = 2
     memory: str = "4Gi"
     gpu: int = 1
-    timeout_s: int = 300
+    timeout_s: float = 300.0
+    drain_delay_s: float = 0.0
     log_level: str = "INFO"
     otlp_endpoint: str = ""
     otlp_protocol: str = "http"
@@ -104,4 +105,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values[name] = environ[ENV_PREFIX + name.upper()]
     types = {"str": str, "int": int, "float": float, "bool": bool}
     coerced = {name: _coerce(types[known[name].type], name, value) for name, value in values.items()}
-    return dataclasses.replace(Settings(), **coerced)
+    return check(dataclasses.replace(Settings(), **coerced))
+
+
+def check(settings: Settings) -> Settings:
+    """Fail fast on contradictory settings (a default past its own limit)."""
+    for default, limit in (("default_pred_len", "max_pred_len"),
+                           ("default_sample_count", "max_sample_count")):
+        if getattr(settings, default) > getattr(settings, limit):
+            raise ValueError(f"setting {default}={getattr(settings, default)} exceeds "
+                             f"{limit}={getattr(settings, limit)}")
+    return settings

@@ -97,3 +97,19 @@ def test_missing_timestamps_get_a_deterministic_default(forecaster):
     a, b = forecaster.forecast([request]), forecaster.forecast([request])
     assert a[0].mean.equals(b[0].mean)
     assert len(a[0].mean) == 3
+
+
+def test_inverted_candles_and_absurd_magnitudes_are_rejected(forecaster):
+    frame, stamps = make_candles(20)
+    frame.loc[7, ["high", "low"]] = frame.loc[7, ["low", "high"]].to_numpy()
+    assert "row 7" in rejects(forecaster, "data", ForecastRequest(frame, 3, timestamps=stamps))
+    frame, stamps = make_candles(20)
+    frame.loc[4, "volume"] = 1e200
+    message = rejects(forecaster, "data", ForecastRequest(frame, 3, timestamps=stamps))
+    assert "row 4" in message and "volume" in message and "magnitude" in message
+
+
+def test_forecast_timestamps_past_the_supported_range_are_rejected(forecaster):
+    frame, _ = make_candles(20)
+    stamps = [f"2262-03-{day:02d}" for day in range(1, 21)]
+    assert "range" in rejects(forecaster, "timestamps", ForecastRequest(frame, 60, timestamps=stamps))

@@ -92,8 +92,9 @@ def test_defaults_and_overrides(server):
 
 @pytest.mark.parametrize("change,field", [
     ({"pred_len": 41}, "pred_len"), ({"lookback": 301}, "lookback"), ({"sample_count": 9}, "sample_count"),
-    ({"top_p": 2.0}, "top_p"), ({"temperature": 0}, "temperature"), ({"quantiles": [1.5]}, "quantiles"),
-    ({"data": [[1, 2, 3]] * 5, "timestamps": None}, "data"),
+    ({"top_p": 2.0}, "top_p"), ({"temperature": 0}, "temperature"), ({"quantiles": [1.5]}, "quantiles[0]"),
+    ({"quantiles": [0.5, 1.0]}, "quantiles"),
+    ({"data": [[1, 2, 3]] * 5, "timestamps": None}, "data[0]"),
     ({"data": [[1, 2, 3, 4]], "timestamps": None}, "data"),
     ({"timestamps": ["2024-01-01"] * 3}, "timestamps"), ({"columns": ["open", "x", "low", "close", "volume"]}, "columns"),
     ({"model_version": "nope"}, "model_version"), ({"future_timestamps": ["2020-01-01"]}, "future_timestamps"),
