@@ -182,7 +182,9 @@ class SharedPrefix:
     def from_prefill(cls, model: KronosModel, states: torch.Tensor,
                      layers: list[tuple[torch.Tensor, torch.Tensor]], lengths: torch.Tensor
                      ) -> "SharedPrefix":
-        return cls(layers, model.context_keys_values(states), lengths)
+        # Contiguous once here, so every decode step's matmuls read them in place (no copies).
+        context = tuple(t.contiguous() for t in model.context_keys_values(states))
+        return cls([(k.contiguous(), v.contiguous()) for k, v in layers], context, lengths)
 
     def keep(self, series: torch.Tensor) -> "SharedPrefix":
         return SharedPrefix([(k[series], v[series]) for k, v in self.layers],
