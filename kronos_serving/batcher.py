@@ -1,8 +1,9 @@
 """Adaptive batching: concurrent requests for one model run as one ragged runtime call.
 
 Jobs queue up while the runtime is busy; when it is free, the batcher takes as many queued
-series as the limits allow (waiting ``max_wait_s`` for more only when the queue is short)
-and runs them together in a worker thread. A failing batch fails only its own jobs.
+series as the limits allow and runs them together in a worker thread. It waits ``max_wait_s``
+for more only when the queue is short and the last batch held several series (traffic is
+concurrent); a lone client never waits. A failing batch fails only its own jobs.
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self.in_flight = 0
+        self.last_batch_series = 0
 
     @property
     def queued(self) -> int:
@@ -106,9 +108,11 @@ class Batcher:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                if self.max_wait_s > 0 and len(self._queue) < self.max_series:
+                if (self.max_wait_s > 0 and self.last_batch_series > 1
+                        and len(self._queue) < self.max_series):
                     await asyncio.sleep(self.max_wait_s)
                 batch = self._take()
+                self.last_batch_series = len(batch)
                 if batch:
                     try:
                         await self._run_batch(batch)

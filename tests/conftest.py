@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # local_server: real `bentoml serve` processes
 
 from kronos_runtime.dev_checkpoint import write_pair  # noqa: E402
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import yaml
 
-from serving import BENTOML, ROOT, import_dev_model, running_server
+from local_server import BENTOML, ROOT, import_dev_model, running_server
 
 BODY = {"data": [[10.0, 10.5, 9.8, 10.2], [10.2, 10.9, 10.1, 10.7], [10.7, 11.0, 10.4, 10.6]],
         "pred_len": 2, "top_k": 1}

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from serving import ROOT, free_port
+from local_server import ROOT, free_port
 
 DEPLOY = ROOT / "deploy"
 

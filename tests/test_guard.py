@@ -5,7 +5,7 @@ import bentoml
 import httpx
 import pytest
 
-from serving import import_dev_model, running_server
+from local_server import import_dev_model, running_server
 
 BODY = {"data": [[10.0, 10.5, 9.8, 10.2], [10.2, 10.9, 10.1, 10.7]], "pred_len": 1}
 

@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from serving import import_dev_model, running_server
+from local_server import import_dev_model, running_server
 
 FUZZ_EXAMPLES = int(os.environ.get("KRONOS_FUZZ_EXAMPLES", "150"))
 CANDLES = [[10.0 + i * 0.1, 10.6 + i * 0.1, 9.7 + i * 0.1, 10.2 + i * 0.1, 1000.0 + i]

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from serving import ROOT, free_port, import_dev_model, running_server
+from local_server import ROOT, free_port, import_dev_model, running_server
 
 pytestmark = pytest.mark.skipif(os.environ.get("KRONOS_IMAGE_TESTS") != "1",
                                 reason="image tests are opt-in: KRONOS_IMAGE_TESTS=1")

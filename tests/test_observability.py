@@ -11,7 +11,7 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from serving import import_dev_model, running_server
+from local_server import import_dev_model, running_server
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
@@ -162,7 +162,7 @@ def test_spans_reach_the_collector_with_the_callers_parent(server, receiver):
 def test_dashboard_and_scrape_config_use_metrics_the_service_exposes(server):
     import yaml
 
-    from serving import ROOT
+    from local_server import ROOT
 
     exposed = set(re.findall(r"^# TYPE (\S+) ", httpx.get(server.url + "/metrics").text, re.MULTILINE))
     exposed |= {f"{name}_{suffix}" for name in exposed for suffix in ("bucket", "sum", "count", "total")}

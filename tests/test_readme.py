@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from serving import ROOT, import_dev_model, running_server
+from local_server import ROOT, import_dev_model, running_server
 
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(bash|python)\n(.*?)```", README, re.DOTALL)

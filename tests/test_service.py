@@ -13,7 +13,7 @@ import pytest
 
 from conftest import make_candles
 from kronos_runtime import ForecastRequest, KronosForecaster, SamplingParams
-from serving import import_dev_model, running_server
+from local_server import import_dev_model, running_server
 
 OLD_EXAMPLE = {"data": [[10.0, 10.5, 9.8, 10.2], [10.2, 10.9, 10.1, 10.7], [10.7, 11.0, 10.4, 10.6],
                         [10.6, 10.8, 10.3, 10.5]], "pred_len": 3}

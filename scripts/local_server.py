@@ -1,4 +1,4 @@
-"""Start real ``bentoml serve`` processes for tests (isolated BENTOML_HOME, tiny checkpoints)."""
+"""Start real ``bentoml serve`` processes on 127.0.0.1 (isolated BENTOML_HOME) for tests and load tests."""
 from __future__ import annotations
 
 import os
