@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -71,6 +72,8 @@ class Batcher:
         self._worker: asyncio.Task | None = None
         self.in_flight = 0
         self.last_batch_series = 0
+        # Always the same thread: one OpenMP thread team, no idle teams spinning on the cores.
+        self._runtime_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kronos-runtime")
 
     @property
     def queued(self) -> int:
@@ -124,8 +127,9 @@ class Batcher:
         self.in_flight += len(batch)
         failed = False
         try:
-            results = await asyncio.to_thread(self.forecaster.forecast_prepared,
-                                              [j.prepared for j in batch], [j.request for j in batch])
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._runtime_thread, self.forecaster.forecast_prepared,
+                [j.prepared for j in batch], [j.request for j in batch])
         except Exception as exc:  # one failing batch must not take the worker down
             failed = True
             for job in batch:

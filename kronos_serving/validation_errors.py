@@ -1,13 +1,21 @@
 """Schema (pydantic) errors answered like every other input error: ``error`` and ``field``.
 
-BentoML answers them with ``{"error": "1 validation error for ...", "detail": [...]}``; this
-ASGI middleware adds the field path of the first error (e.g. ``batch[0].data[3][1]``) and a
-readable message, keeping ``detail`` as it was.
+BentoML answers them with ``{"error": "1 validation error for ...", "detail": [...]}`` before
+our handler runs; this ASGI middleware adds the field path of the first error (e.g.
+``batch[0].data[3][1]``), a readable message and the request id, keeping ``detail`` as it was,
+and counts and logs the rejection like every other request.
 """
 from __future__ import annotations
 
 import json
+import logging
+import time
+import uuid
 from typing import Any, Awaitable, Callable
+
+from .metrics import METRICS
+
+log = logging.getLogger("kronos.service")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
@@ -32,6 +40,15 @@ def with_field(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "error": f"{field}: {first.get('msg', 'invalid')}{more}", "field": field}
 
 
+def record(path: str, request_id: str, seconds: float, status: int) -> None:
+    """Metrics and the request log line, as the handler writes them for its own answers."""
+    METRICS.requests.labels(route=path, status=str(status), model_version="none").inc()
+    METRICS.request_duration.labels(route=path, model_version="none").observe(seconds)
+    log.warning("request", extra={"event": "request", "request_id": request_id, "path": path,
+                                  "latency_ms": round(seconds * 1000, 3), "model_version": "none",
+                                  "result_status": status, "error": "schema validation failed"})
+
+
 class ValidationErrorMiddleware:
     """Rewrites 400 JSON bodies that carry pydantic ``detail`` but no ``field``."""
 
@@ -43,6 +60,9 @@ class ValidationErrorMiddleware:
             return await self.app(scope, receive, send)
         start: dict | None = None
         chunks: list[bytes] = []
+        started = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
 
         async def capture(message: dict) -> None:
             nonlocal start
@@ -53,19 +73,28 @@ class ValidationErrorMiddleware:
                 return await send(message)
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
-                await self._send_rewritten(send, start, b"".join(chunks))
+                if await self._send_rewritten(send, start, b"".join(chunks), request_id):
+                    record(scope["path"], request_id, time.perf_counter() - started, 400)
 
         await self.app(scope, receive, capture)
 
     @staticmethod
-    async def _send_rewritten(send: Send, start: dict, raw: bytes) -> None:
+    async def _send_rewritten(send: Send, start: dict, raw: bytes, request_id: str) -> bool:
+        """Send the 400 on; True when it was a schema error (and was rewritten)."""
         try:
             body = json.loads(raw)
-            if isinstance(body, dict):
-                raw = json.dumps(with_field(body)).encode()
         except ValueError:
-            pass
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            body = None
+        schema_error = isinstance(body, dict) and "field" not in body and "detail" in body
+        if not schema_error:
+            await send(start)
+            await send({"type": "http.response.body", "body": raw})
+            return False
+        raw = json.dumps({**with_field(body), "request_id": request_id}).encode()
+        headers = [(k, v) for k, v in start.get("headers", [])
+                   if k.lower() not in (b"content-length", b"x-request-id")]
         headers.append((b"content-length", str(len(raw)).encode()))
+        headers.append((b"x-request-id", request_id.encode()))
         await send({**start, "headers": headers})
         await send({"type": "http.response.body", "body": raw})
+        return True

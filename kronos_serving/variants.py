@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-from kronos_runtime import CheckpointError, KronosForecaster
+import pandas as pd
+
+from kronos_runtime import CheckpointError, ForecastRequest, KronosForecaster, SamplingParams
 from kronos_runtime.dev_checkpoint import MAX_CONTEXT, write_pair
 
 from .batcher import Batcher, BatchStats
@@ -113,6 +115,14 @@ def resolve_sources(settings: Settings) -> list[tuple[ModelSource, float]]:
         return [(dev_source(), 1.0)]
 
 
+def warm_up(forecaster: KronosForecaster) -> None:
+    """One small forecast, so the first real request does not pay for kernel setup."""
+    rows = 32
+    close = pd.Series(range(rows), dtype=float) * 0.1 + 100
+    frame = pd.DataFrame({"open": close, "high": close + 1, "low": close - 1, "close": close})
+    forecaster.forecast([ForecastRequest(frame, 4, sampling=SamplingParams(top_k=1, sample_count=2))])
+
+
 def load_variant(settings: Settings, source: ModelSource, weight: float) -> Variant:
     """Load one source and give it a batcher."""
     started = time.perf_counter()
@@ -123,6 +133,7 @@ def load_variant(settings: Settings, source: ModelSource, weight: float) -> Vari
     forecaster = KronosForecaster.from_pretrained(source.model_dir, source.tokenizer_dir,
                                                   device=device, dtype=settings.dtype,
                                                   max_context=max_context, sliding=settings.sliding)
+    warm_up(forecaster)
     seconds = time.perf_counter() - started
     version = source.version
 

@@ -66,7 +66,7 @@ def server(tmp_path_factory, receiver):
 
 
 def body_with_sentinels(pred_len=3):
-    rows = [[float(SENTINELS[0]), float(SENTINELS[1]), float(SENTINELS[2]), float(SENTINELS[3])]]
+    rows = [[float(SENTINELS[1]), float(SENTINELS[3]), float(SENTINELS[0]), float(SENTINELS[2])]]
     rows += [[100.0 + i, 101.0 + i, 99.0 + i, 100.5 + i] for i in range(20)]
     stamps = [f"2024-05-01T10:{i:02d}:00" for i in range(21)]
     return {"data": rows, "timestamps": stamps, "pred_len": pred_len}
