@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .errors import InputError
 from .generation import SeriesTokens, SlidingMode, generate, pad_stack
-from .loading import load_model, load_tokenizer
+from .loading import load_model, load_tokenizer, release_freed_memory
 from .model import KronosModel
 from .sampling import RowSampler, SamplingParams
 from .series import ALL_COLUMNS, PreparedSeries, prepare_series
@@ -81,9 +81,11 @@ class KronosForecaster:
                         revision: str | None = None, tokenizer_revision: str | None = None,
                         cache_dir: str | Path | None = None, **kwargs) -> "KronosForecaster":
         """Load a model and tokenizer from local directories or hub ids."""
-        return cls(load_model(model, device, DTYPES[dtype], revision, cache_dir),
-                   load_tokenizer(tokenizer, device, tokenizer_revision, cache_dir),
-                   max_context=max_context, **kwargs)
+        forecaster = cls(load_model(model, device, DTYPES[dtype], revision, cache_dir),
+                         load_tokenizer(tokenizer, device, tokenizer_revision, cache_dir),
+                         max_context=max_context, **kwargs)
+        release_freed_memory()
+        return forecaster
 
     def prepare(self, request: ForecastRequest) -> PreparedSeries:
         """Validate one request (raises :class:`InputError` naming the field)."""

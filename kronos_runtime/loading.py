@@ -5,6 +5,8 @@ fetched through huggingface_hub with an optional revision and cache directory.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 from pathlib import Path
@@ -112,3 +114,15 @@ def load_model(source: str | Path, device: str | torch.device = "cpu",
     """The Kronos model, in eval mode on ``device`` in ``dtype``."""
     return _load(lambda c: KronosModel(ModelConfig.from_dict(c)), source, device, dtype,
                  revision, cache_dir)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed while loading (the unpacked weights) back to the OS, where glibc allows.
+
+    Without it the process keeps the replaced copies' pages: RSS would look like two copies.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to do
+        pass

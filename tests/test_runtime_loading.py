@@ -71,3 +71,32 @@ def test_missing_and_corrupt_checkpoints_fail_clearly(tiny_checkpoint, tmp_path)
     shutil.copy(tiny_checkpoint[0] / "model.safetensors", broken)
     with pytest.raises(CheckpointError, match="wrong shape"):
         load_model(broken)
+
+
+ONE_COPY_PROBE = """
+import gc, sys, psutil, torch
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from kronos_runtime import KronosForecaster
+from kronos_runtime.dev_checkpoint import write_pair
+pair = write_pair(Path(sys.argv[2]), "small", seed=0)
+gc.collect()
+before = psutil.Process().memory_info().rss
+forecaster = KronosForecaster.from_pretrained(*pair)
+gc.collect()
+print(psutil.Process().memory_info().rss - before)
+"""
+
+
+def test_a_loaded_forecaster_holds_one_copy_of_the_weights(tmp_path):
+    """Fusing and oneDNN packing replace the loaded weights; nothing keeps the originals."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    grown = int(subprocess.run([sys.executable, "-c", ONE_COPY_PROBE, str(root), str(tmp_path)],
+                               capture_output=True, text=True, check=True, timeout=300).stdout)
+    weights = sum(f.stat().st_size for f in tmp_path.rglob("*.safetensors"))
+    assert weights > 20 * 2 ** 20
+    assert grown < 1.25 * weights, f"RSS grew {grown / 2**20:.0f} MB for {weights / 2**20:.0f} MB of weights"
