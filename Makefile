@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 3000
 
-.PHONY: install system-deps test serve bench clean
+.PHONY: install system-deps test serve bench load-test clean
 
 install: $(STAMP) system-deps
 
@@ -29,6 +29,11 @@ serve: install
 
 bench: install
 	$(BIN)/python scripts/bench_runtime.py
+
+# Batching on/off sweep on 127.0.0.1 (servers started by the script); writes build/load/.
+load-test: install
+	$(BIN)/python scripts/load_test.py --sweep --dev-shape small --sliding approximate \
+	    --concurrency 1 4 16 32 64 --shapes 64x16 400x120 400x120x8 --duration 15 --out build/load
 
 clean:
 	rm -rf $(VENV) .pytest_cache
