@@ -73,8 +73,7 @@ class KronosService:
     def __init__(self) -> None:
         self.settings = SETTINGS
         configure_json_logging(SETTINGS.log_level)
-        if SETTINGS.threads:
-            torch.set_num_threads(SETTINGS.threads)
+        torch.set_num_threads(SETTINGS.torch_threads)
         self.variants: list[Variant] = []
         self.load_error: str | None = None
         self.drain = Drain(SETTINGS.drain_delay_s)
@@ -106,6 +105,7 @@ class KronosService:
                     "error": self.load_error}
         first = self.variants[0]
         return {"ready": True, "status": "ready", "device": first.device,
+                "threads": torch.get_num_threads(),
                 "model": first.source.name, "model_version": first.version,
                 "max_context": first.forecaster.max_context,
                 "dev_checkpoint": any(v.source.is_dev for v in self.variants),

@@ -58,6 +58,12 @@ class Settings:
     rate_limit_per_minute: int = 0
 
     @property
+    def torch_threads(self) -> int:
+        """CPU threads per worker: ``threads``, else the worker's share of ``cpu`` (never more
+        threads than cores across workers: OpenMP teams spinning on shared cores slow everyone)."""
+        return self.threads or max(1, self.cpu // max(1, self.workers))
+
+    @property
     def uses_gpu(self) -> bool:
         return self.device.startswith("cuda")
 

@@ -58,7 +58,7 @@ def test_health_and_readiness(server, store):
     ready = httpx.get(server.url + "/v1/readyz")
     assert ready.status_code == 200
     body = ready.json()
-    assert body["device"] == "cpu" and body["max_context"] == 512
+    assert body["device"] == "cpu" and body["max_context"] == 512 and body["threads"] == 1
     assert {v["model"] for v in body["variants"]} == set(store[1])
     assert body["model"] in store[1] and body["model_version"]
     for path in ("/healthz", "/readyz", "/metrics"):
@@ -239,6 +239,15 @@ def test_offline_default_serves_a_dev_checkpoint_loudly(tmp_path):
         response = post(srv, "/v1/predict/single", OLD_EXAMPLE).json()
         assert response["model"].startswith("kronos-dev:")
         assert "GENERATED DEV CHECKPOINT" in srv.log()
+
+
+def test_cpu_threads_are_shared_between_workers():
+    from kronos_serving.settings import Settings
+
+    assert Settings(cpu=2, workers=2).torch_threads == 1
+    assert Settings(cpu=8, workers=2).torch_threads == 4
+    assert Settings(cpu=1, workers=4).torch_threads == 1
+    assert Settings(cpu=8, workers=2, threads=3).torch_threads == 3
 
 
 def test_gpu_resource_hint_only_for_cuda_devices():
