@@ -126,6 +126,11 @@ class KronosService:
     async def _forecast(self, bodies: list[SingleRequest], request_id: str,
                         index_errors: bool) -> list[dict[str, Any]]:
         """Validate every body, then submit them to their variants' batchers together."""
+        if index_errors and not bodies:
+            raise RequestFailed(400, "batch: must hold at least one item", "batch")
+        if index_errors and len(bodies) > self.settings.max_batch_items:
+            raise RequestFailed(400, f"batch: {len(bodies)} items exceed the limit of "
+                                     f"{self.settings.max_batch_items}", "batch")
         prepared = []
         with tracer().start_as_current_span("validation", attributes={"kronos.series": len(bodies)}):
             for i, body in enumerate(bodies):
@@ -209,13 +214,6 @@ class KronosService:
     @bentoml.api(route="/v1/predict/batch", input_spec=BatchRequest)
     async def predict_batch(self, ctx: bentoml.Context, batch: list[SingleRequest]) -> dict[str, Any]:
         """Forecast several series; results come back in order."""
-        if len(batch) > self.settings.max_batch_items:
-            ctx.response.status_code = 400
-            return {"error": f"batch: {len(batch)} items exceed the limit of "
-                             f"{self.settings.max_batch_items}", "field": "batch"}
-        if not batch:
-            ctx.response.status_code = 400
-            return {"error": "batch: must hold at least one item", "field": "batch"}
         return await self._serve(ctx, "/v1/predict/batch", batch, batch=True)
 
 
