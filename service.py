@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kronos_runtime import CheckpointError, InputError  # noqa: E402
+from kronos_serving.accounting import record_request  # noqa: E402
 from kronos_serving.batcher import QueueFull  # noqa: E402
 from kronos_serving.draining import Drain  # noqa: E402
 from kronos_serving.guard import GuardMiddleware  # noqa: E402
@@ -195,15 +196,9 @@ class KronosService:
                     "request_id": request_id}
         finally:
             in_flight.dec()
-        seconds = time.perf_counter() - started
-        status = ctx.response.status_code
-        METRICS.requests.labels(route=route, status=str(status), model_version=version).inc()
-        METRICS.request_duration.labels(route=route, model_version=version).observe(seconds)
-        log.log(logging.WARNING if status >= 400 else logging.INFO, "request",
-                extra={"event": "request", "request_id": request_id, "path": route,
-                       "latency_ms": round(seconds * 1000, 3), "model_version": version,
-                       "device": self.settings.device, "result_status": status,
-                       "error": body.get("error"), "input": input_summary(bodies)})
+        record_request(route, request_id, ctx.response.status_code, time.perf_counter() - started,
+                       version, device=self.settings.device, error=body.get("error"),
+                       input=input_summary(bodies))
         return body
 
     @bentoml.api(route="/v1/predict/single", input_spec=SingleRequest)

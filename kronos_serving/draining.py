@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from typing import Any, Callable
 
 log = logging.getLogger("kronos.drain")
@@ -16,11 +15,7 @@ class Drain:
 
     def __init__(self, delay_s: float) -> None:
         self.delay_s = max(0.0, delay_s)
-        self.started_at: float | None = None
-
-    @property
-    def draining(self) -> bool:
-        return self.started_at is not None
+        self.draining = False
 
     def install(self) -> bool:
         """Chain onto the current SIGTERM handler; only possible from the main thread."""
@@ -36,7 +31,7 @@ class Drain:
         if self.draining:  # a second SIGTERM: stop now
             previous(sig, frame)
             return
-        self.started_at = time.monotonic()
+        self.draining = True
         log.info("draining", extra={"event": "draining", "delay_s": self.delay_s})
         if self.delay_s == 0:
             previous(sig, frame)

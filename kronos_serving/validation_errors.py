@@ -8,14 +8,11 @@ and counts and logs the rejection like every other request.
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 from typing import Any, Awaitable, Callable
 
-from .metrics import METRICS
-
-log = logging.getLogger("kronos.service")
+from .accounting import record_request
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
@@ -30,23 +27,19 @@ def field_path(location: list[Any]) -> str:
     return path or "body"
 
 
+def is_schema_error(body: Any) -> bool:
+    """BentoML's pydantic answer: a ``detail`` list and no ``field`` of ours."""
+    return (isinstance(body, dict) and "field" not in body and isinstance(body.get("detail"), list)
+            and bool(body["detail"]))
+
+
 def with_field(body: dict[str, Any]) -> dict[str, Any]:
-    details = body.get("detail")
-    if "field" in body or not isinstance(details, list) or not details:
-        return body
+    """A schema error's body with ``field`` (the first error's path) and a readable ``error``."""
+    details = body["detail"]
     first = details[0]
     field = field_path(list(first.get("loc") or []))
     more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
     return {**body, "error": f"{field}: {first.get('msg', 'invalid')}{more}", "field": field}
-
-
-def record(path: str, request_id: str, seconds: float, status: int) -> None:
-    """Metrics and the request log line, as the handler writes them for its own answers."""
-    METRICS.requests.labels(route=path, status=str(status), model_version="none").inc()
-    METRICS.request_duration.labels(route=path, model_version="none").observe(seconds)
-    log.warning("request", extra={"event": "request", "request_id": request_id, "path": path,
-                                  "latency_ms": round(seconds * 1000, 3), "model_version": "none",
-                                  "result_status": status, "error": "schema validation failed"})
 
 
 class ValidationErrorMiddleware:
@@ -74,7 +67,8 @@ class ValidationErrorMiddleware:
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 if await self._send_rewritten(send, start, b"".join(chunks), request_id):
-                    record(scope["path"], request_id, time.perf_counter() - started, 400)
+                    record_request(scope["path"], request_id, 400, time.perf_counter() - started,
+                                   error="schema validation failed")
 
         await self.app(scope, receive, capture)
 
@@ -85,8 +79,7 @@ class ValidationErrorMiddleware:
             body = json.loads(raw)
         except ValueError:
             body = None
-        schema_error = isinstance(body, dict) and "field" not in body and "detail" in body
-        if not schema_error:
+        if not is_schema_error(body):
             await send(start)
             await send({"type": "http.response.body", "body": raw})
             return False

@@ -7,9 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 import pandas as pd
+import torch
 
 from kronos_runtime import CheckpointError, ForecastRequest, KronosForecaster, SamplingParams
 from kronos_runtime.dev_checkpoint import MAX_CONTEXT, write_pair
