@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import InputError
-from .generation import SeriesTokens, SlidingMode, generate, pad_stack
+from .generation import SeriesTokens, SlidingMode, StepMode, generate, pad_stack
 from .loading import load_model, load_tokenizer, release_freed_memory
 from .model import KronosModel
 from .sampling import RowSampler, SamplingParams
@@ -66,14 +66,21 @@ class KronosForecaster:
     """Forecasts batches of series with a Kronos model and tokenizer."""
 
     def __init__(self, model: KronosModel, tokenizer: KronosTokenizer, max_context: int = 512,
-                 sliding: SlidingMode = "exact", default_freq: str = "1D") -> None:
+                 sliding: SlidingMode = "exact", default_freq: str = "1D",
+                 steps_mode: StepMode | None = None) -> None:
         if sliding not in ("exact", "approximate"):
             raise ValueError("sliding must be 'exact' or 'approximate'")
+        if steps_mode not in (None, "eager", "static", "graphs"):
+            raise ValueError("steps_mode must be 'eager', 'static' or 'graphs'")
+        if steps_mode == "graphs" and model.device.type != "cuda":
+            raise ValueError("steps_mode 'graphs' needs a CUDA device")
         self.model, self.tokenizer = model.eval(), tokenizer.eval()
         self.max_context = max_context
         self.sliding: SlidingMode = sliding
         self.default_freq = default_freq
         self.device = model.device
+        # Decode steps from CUDA graphs on a GPU (launch-bound there); eager on the CPU.
+        self.steps_mode: StepMode = steps_mode or ("graphs" if self.device.type == "cuda" else "eager")
 
     @classmethod
     def from_pretrained(cls, model: str | Path, tokenizer: str | Path, device: str = "cpu",
@@ -131,7 +138,8 @@ class KronosForecaster:
         with tqdm(total=steps, disable=not progress, file=sys.stderr, desc="forecast",
                   unit="step") as bar:
             gen_s1, gen_s2 = generate(self.model, series, sampler, row_series, self.max_context,
-                                      self.sliding, on_step=bar.update if progress else None)
+                                      self.sliding, on_step=bar.update if progress else None,
+                                      steps_mode=self.steps_mode)
         decoded = self._decode(series, row_series, gen_s1, gen_s2)
         out, start = [], 0
         for s in series:

@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from .layers import RowGroups
 from .model import KronosModel, OwnCache, SharedPrefix
 from .sampling import RowSampler
+from .static_steps import MIN_GRAPHED_STEPS, StaticSteps
 
 SlidingMode = Literal["exact", "approximate"]
+StepMode = Literal["eager", "static", "graphs"]  # static: fixed shapes run eagerly (tests)
 
 
 @dataclass
@@ -160,16 +162,29 @@ class _RecomputedRows:
                                         self.groups)
 
 
+def static_until(series: list[SeriesTokens], max_context: int, sliding: SlidingMode) -> int:
+    """First step at which some row's window slides in exact mode (all steps if none does)."""
+    steps = max(s.horizon for s in series)
+    if sliding == "approximate":
+        return steps
+    return max(1, min(steps, min(max_context - s.length + 1 for s in series)))
+
+
 @torch.inference_mode()
 def generate(model: KronosModel, series: list[SeriesTokens], sampler: RowSampler,
              row_series: list[int], max_context: int, sliding: SlidingMode = "exact",
-             on_step: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             on_step: Callable[[], None] | None = None, steps_mode: StepMode = "eager"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate ``horizon`` token pairs for every row (sample path); rows are series-major.
 
     Returns s1 and s2 ids [rows, max_horizon]; entries past a series' horizon are unused.
+    ``steps_mode`` "graphs" (CUDA only) replays the cached steps from CUDA graphs, "static"
+    runs the same fixed-shape steps eagerly; both hand over to eager steps once a window slides
+    in exact mode.
     """
     run = _Generation(model, series, row_series, max_context, sliding)
     device, steps = run.device, run.gen_s1.shape[1]
+    model.rope.reserve(max_context + steps, device, model.dtype)
     lengths = [s.length for s in series]
     horizons = [s.horizon for s in series]
     all_rows = list(range(len(row_series)))
@@ -196,8 +211,13 @@ def generate(model: KronosModel, series: list[SeriesTokens], sampler: RowSampler
         return run.gen_s1, run.gen_s2
 
     cached = _CachedRows(run, all_rows, prefix, capacity=steps - 1)
+    first_eager = 1
+    until = static_until(series, max_context, sliding)
+    if steps_mode == "static" or (steps_mode == "graphs" and until - 1 >= MIN_GRAPHED_STEPS):
+        StaticSteps(cached, graphs=steps_mode == "graphs").decode(sampler, until, on_step)
+        first_eager = until
     recomputed = _RecomputedRows(run)
-    for step in range(1, steps):
+    for step in range(first_eager, steps):
         live = [r for r in all_rows if horizons[row_series[r]] > step]
         slid = {r for r in live if sliding == "exact" and lengths[row_series[r]] + step > max_context}
         cached.keep([r for r in live if r not in slid])

@@ -83,12 +83,18 @@ class FeedForward(nn.Module):
 
 
 class RotaryTable:
-    """Cos/sin tables of rotate-half rotary embeddings, grown on demand."""
+    """Cos/sin tables of rotate-half rotary embeddings, grown on demand.
+
+    On the CPU the tables grow as positions come. On other devices :meth:`reserve` puts them on
+    the device once, so each decode step gathers its rows there (no host round trip, and
+    nothing a CUDA graph cannot capture).
+    """
 
     def __init__(self, head_dim: int) -> None:
         self.inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, head_dim, 2).float() / head_dim))
         self._cos = torch.empty(0, head_dim)
         self._sin = torch.empty(0, head_dim)
+        self._on_device: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _grow(self, length: int) -> None:
         positions = torch.arange(length, dtype=torch.float32)
@@ -96,22 +102,37 @@ class RotaryTable:
         angles = torch.cat((freqs, freqs), dim=-1)
         self._cos, self._sin = angles.cos(), angles.sin()
 
-    def span(self, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tables for positions 0..length-1, shaped [1, 1, length, head_dim]."""
+    def _ensure(self, length: int) -> None:
         if self._cos.shape[0] < length:
             self._grow(max(length, 2 * self._cos.shape[0]))
+
+    def reserve(self, length: int, device: torch.device, dtype: torch.dtype) -> None:
+        """Keep tables for positions 0..length-1 on ``device`` (used by :meth:`at` there)."""
+        key = (torch.device(device), dtype)
+        if key not in self._on_device or self._on_device[key][0].shape[0] < length:
+            self._ensure(length)
+            self._on_device[key] = (self._cos.to(device, dtype), self._sin.to(device, dtype))
+
+    def span(self, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables for positions 0..length-1, shaped [1, 1, length, head_dim]."""
+        self._ensure(length)
         cos = self._cos[:length].to(like.device, like.dtype)
         sin = self._sin[:length].to(like.device, like.dtype)
         return cos[None, None], sin[None, None]
 
     def at(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tables for positions [rows, n], shaped [rows, 1, n, head_dim]."""
-        needed = int(positions.max().item()) + 1 if positions.numel() else 0
-        if self._cos.shape[0] < needed:
-            self._grow(max(needed, 2 * self._cos.shape[0]))
-        index = positions.cpu()
-        cos = self._cos[index].to(like.device, like.dtype)
-        sin = self._sin[index].to(like.device, like.dtype)
+        """Tables for positions [rows, n], shaped [rows, 1, n, head_dim].
+
+        Off the CPU, positions must be below the length given to :meth:`reserve`.
+        """
+        if positions.device.type == "cpu":
+            self._ensure(int(positions.max()) + 1 if positions.numel() else 0)
+            cos, sin = self._cos[positions].to(like.dtype), self._sin[positions].to(like.dtype)
+        else:
+            tables = self._on_device.get((positions.device, like.dtype))
+            if tables is None:
+                raise RuntimeError("RotaryTable.reserve() must be called for this device first")
+            cos, sin = tables[0][positions], tables[1][positions]
         return cos[:, None], sin[:, None]
 
 
@@ -177,16 +198,26 @@ class SelfAttention(nn.Module):
 
 
 class OwnKV:
-    """One layer's per-row keys/values after the shared prefix: a growing cache or one chunk."""
+    """One layer's per-row keys/values after the shared prefix: a growing cache or one chunk.
+
+    With ``slot`` set (a one-element device tensor) the cache has a fixed shape: new keys are
+    written at that slot and the whole buffer is returned (masks hide unwritten slots), which is
+    what a captured CUDA graph needs.
+    """
 
     def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None,
                  length: int = 0) -> None:
         self.keys, self.values, self.length = keys, values, length
+        self.slot: torch.Tensor | None = None
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add new keys/values [rows, heads, n, dim]; returns all keys/values so far."""
         if self.keys is None:  # a chunk with no cache behind it
             return k, v
+        if self.slot is not None:
+            self.keys.index_copy_(2, self.slot, k)
+            self.values.index_copy_(2, self.slot, v)
+            return self.keys, self.values
         end = self.length + k.shape[2]
         self.keys[:, :, self.length:end] = k
         self.values[:, :, self.length:end] = v

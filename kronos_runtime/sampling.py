@@ -69,12 +69,20 @@ class RowSampler:
         self.top_k = torch.tensor([p.top_k for p in rows], device=device)
         self.top_p = torch.tensor([p.top_p for p in rows], device=device)
         self.greedy = [p.greedy for p in params]
+        self._indexes: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _index(self, rows: list[int], device: torch.device) -> torch.Tensor:
+        """``rows`` as a device tensor, made once (a host-to-device copy waits for the GPU)."""
+        key = tuple(rows)
+        if key not in self._indexes:
+            self._indexes[key] = torch.tensor(rows, device=device)
+        return self._indexes[key]
 
     def __call__(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """Token ids for ``rows`` (global row numbers, ascending) from their logits [len(rows), vocab]."""
         if all(self.greedy[self.row_series[r]] for r in rows):
             return logits.argmax(dim=-1)
-        index = torch.tensor(rows, device=logits.device)
+        index = self._index(rows, logits.device)
         scaled = logits.float() / self.temperature[index, None]
         probs = torch.softmax(filter_logits(scaled, self.top_k[index], self.top_p[index]), dim=-1)
         out = torch.empty(len(rows), dtype=torch.long, device=logits.device)

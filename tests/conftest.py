@@ -1,6 +1,7 @@
 """Shared fixtures: generated dev checkpoints, synthetic candles and the reference oracle."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))  # local_server: real `bentoml serve` processes
 
 from kronos_runtime.dev_checkpoint import write_pair  # noqa: E402
+
+# Runtime tests run on this device (both ours and the reference): `KRONOS_TEST_DEVICE=cuda` on a GPU.
+TEST_DEVICE = os.environ.get("KRONOS_TEST_DEVICE", "cpu")
 
 
 def make_candles(rows: int, seed: int = 0, volume: bool = True, amount: bool = False,
@@ -49,6 +53,6 @@ def reference_forecast(checkpoint: tuple[Path, Path], frame: pd.DataFrame, stamp
 
     model = Kronos.from_pretrained(str(checkpoint[0])).eval()
     tokenizer = KronosTokenizer.from_pretrained(str(checkpoint[1])).eval()
-    predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=max_context)
+    predictor = KronosPredictor(model, tokenizer, device=TEST_DEVICE, max_context=max_context)
     return predictor.predict(frame, stamps, future, pred_len, T=1.0, top_k=1, top_p=1.0,
                              sample_count=sample_count, verbose=False)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_candles
+from conftest import TEST_DEVICE, make_candles
 from kronos_runtime import ForecastRequest, InputError, KronosForecaster, SamplingParams
 
 
 @pytest.fixture(scope="module")
 def forecaster(tiny_checkpoint):
-    return KronosForecaster.from_pretrained(*tiny_checkpoint, max_context=64)
+    return KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE, max_context=64)
 
 
 def rejects(forecaster, field, request):

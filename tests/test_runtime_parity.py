@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_candles, reference_forecast
+from conftest import TEST_DEVICE, make_candles, reference_forecast
 from kronos_runtime import ForecastRequest, KronosForecaster, SamplingParams
+from kronos_runtime.static_steps import StaticSteps
 
 GREEDY = SamplingParams(top_k=1)
 
@@ -29,7 +30,7 @@ def assert_matches(ours: pd.DataFrame, reference: pd.DataFrame) -> None:
 def test_greedy_matches_reference(tiny_checkpoint, rows, pred_len, max_context):
     frame, stamps = make_candles(rows, seed=rows)
     future = future_after(stamps, pred_len)
-    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, max_context=max_context)
+    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE, max_context=max_context)
     ours = forecaster.forecast([ForecastRequest(frame, pred_len, timestamps=stamps,
                                                 future_timestamps=future, sampling=GREEDY)])[0]
     reference = reference_forecast(tiny_checkpoint, frame, stamps, future, pred_len, max_context)
@@ -41,7 +42,7 @@ def test_greedy_matches_reference(tiny_checkpoint, rows, pred_len, max_context):
 def test_volume_and_amount_handling_matches_reference(tiny_checkpoint, volume, amount):
     frame, stamps = make_candles(40, seed=7, volume=volume, amount=amount)
     future = future_after(stamps, 10)
-    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, max_context=32)
+    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE, max_context=32)
     ours = forecaster.forecast([ForecastRequest(frame, 10, timestamps=stamps,
                                                 future_timestamps=future, sampling=GREEDY)])[0]
     assert_matches(ours.mean, reference_forecast(tiny_checkpoint, frame, stamps, future, 10, 32))
@@ -50,7 +51,7 @@ def test_volume_and_amount_handling_matches_reference(tiny_checkpoint, volume, a
 def test_mini_shape_with_sample_paths_matches_reference(mini_checkpoint):
     frame, stamps = make_candles(80, seed=11)
     future = future_after(stamps, 16)
-    forecaster = KronosForecaster.from_pretrained(*mini_checkpoint, max_context=88)
+    forecaster = KronosForecaster.from_pretrained(*mini_checkpoint, device=TEST_DEVICE, max_context=88)
     request = ForecastRequest(frame, 16, timestamps=stamps, future_timestamps=future,
                               sampling=SamplingParams(top_k=1, sample_count=3))
     ours = forecaster.forecast([request])[0]
@@ -59,12 +60,12 @@ def test_mini_shape_with_sample_paths_matches_reference(mini_checkpoint):
 
 
 def test_models_are_in_eval_mode(tiny_checkpoint):
-    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint)
+    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE)
     assert not forecaster.model.training and not forecaster.tokenizer.training
 
 
 def test_ragged_batch_equals_single_runs(tiny_checkpoint):
-    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, max_context=48)
+    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE, max_context=48)
     requests = []
     for i, (rows, horizon, sampling) in enumerate([
             (30, 5, GREEDY),
@@ -85,9 +86,46 @@ def test_ragged_batch_equals_single_runs(tiny_checkpoint):
 def test_approximate_sliding_is_exact_until_the_window_slides(tiny_checkpoint):
     frame, stamps = make_candles(40, seed=21)
     request = ForecastRequest(frame, 30, timestamps=stamps, sampling=GREEDY)
-    exact = KronosForecaster.from_pretrained(*tiny_checkpoint, max_context=50).forecast([request])[0]
-    approx = KronosForecaster.from_pretrained(*tiny_checkpoint, max_context=50,
+    exact = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE, max_context=50).forecast([request])[0]
+    approx = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE, max_context=50,
                                               sliding="approximate").forecast([request])[0]
     # Steps 0..10 see at most 50 tokens: identical. Later steps may differ but stay finite.
     np.testing.assert_allclose(approx.mean.to_numpy()[:11], exact.mean.to_numpy()[:11], rtol=1e-5)
     assert np.isfinite(approx.mean.to_numpy()).all()
+
+
+STEP_MODES = ["static"] + (["graphs"] if TEST_DEVICE.startswith("cuda") else [])
+
+
+@pytest.mark.parametrize("steps_mode", STEP_MODES)
+@pytest.mark.parametrize("sliding,max_context", [("exact", 64), ("approximate", 48)])
+def test_fixed_shape_steps_equal_eager_steps(tiny_checkpoint, monkeypatch, steps_mode, sliding,
+                                             max_context):
+    """The fixed-shape steps (CUDA graphs on a GPU) sample the same tokens as eager decoding,
+    for a ragged batch with sampling, and hand over to eager steps when an exact window slides."""
+    handed_over_at = []
+    decode = StaticSteps.decode
+
+    def spy(self, sampler, until, on_step):
+        handed_over_at.append(until)
+        return decode(self, sampler, until, on_step)
+    monkeypatch.setattr(StaticSteps, "decode", spy)
+    requests = []
+    for i, (rows, horizon, sampling) in enumerate([
+            (30, 5, GREEDY),
+            (45, 25, SamplingParams(temperature=0.8, top_p=0.9, sample_count=4, seed=1)),
+            (40, 12, SamplingParams(temperature=1.2, top_k=20, sample_count=2, seed=2)),
+            (20, 40, SamplingParams(top_k=1, sample_count=2))]):
+        frame, stamps = make_candles(rows, seed=200 + i)
+        requests.append(ForecastRequest(frame, horizon, timestamps=stamps, sampling=sampling,
+                                        return_samples=True))
+
+    def run(mode):
+        return KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE,
+                                                max_context=max_context, sliding=sliding,
+                                                steps_mode=mode).forecast(requests)
+    eager, fixed = run("eager"), run(steps_mode)
+    # exact: the 45-row series slides at step 64 - 45 + 1 = 20; approximate never hands over
+    assert handed_over_at == [20 if sliding == "exact" else 40]
+    for a, b in zip(eager, fixed):
+        np.testing.assert_allclose(b.samples, a.samples, rtol=1e-4, atol=1e-4)

@@ -6,14 +6,14 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_candles
+from conftest import TEST_DEVICE, make_candles
 from kronos_runtime import ForecastRequest, KronosForecaster, SamplingParams
 from kronos_runtime.sampling import filter_logits
 
 
 @pytest.fixture(scope="module")
 def forecaster(tiny_checkpoint):
-    return KronosForecaster.from_pretrained(*tiny_checkpoint, max_context=64)
+    return KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE, max_context=64)
 
 
 def sampled(frame, stamps, seed, **extra):
