@@ -101,9 +101,9 @@ class StaticSteps:
         if on_step:
             on_step()
         first, second = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.cuda.graph(first):
+        with torch.cuda.graph(first, capture_error_mode="thread_local"):
             s1_out = self._s1_logits()
-        with torch.cuda.graph(second, pool=first.pool()):
+        with torch.cuda.graph(second, pool=first.pool(), capture_error_mode="thread_local"):
             s2_out = self._s2_logits()
 
         def replay_s1() -> torch.Tensor:

@@ -211,9 +211,11 @@ def sweep(args: argparse.Namespace) -> dict:
     if not model:
         raise SystemExit("--sweep needs --model (a store tag in BENTOML_HOME) or --dev-shape")
     env = {"KRONOS_MODEL": model, "KRONOS_THREADS": str(args.threads), "KRONOS_SLIDING": args.sliding,
+           "KRONOS_DEVICE": args.device,
            "KRONOS_DTYPE": args.dtype, "KRONOS_TIMEOUT_S": "900", "KRONOS_MAX_QUEUE": "4096",
            "KRONOS_MAX_PRED_LEN": "4096", "KRONOS_MAX_LOOKBACK": "8192", "KRONOS_LOG_LEVEL": "WARNING"}
-    report: dict = {"model": model, "threads": args.threads, "sliding": args.sliding,
+    report: dict = {"model": model, "device": args.device, "threads": args.threads,
+                    "sliding": args.sliding,
                     "dtype": args.dtype, "duration_s": args.duration, "rows": [], "direct": {},
                     "worker_rss_mb": {}}
     for batching in args.batching:
@@ -277,6 +279,8 @@ def main() -> None:
     parser.add_argument("--dev-shape", help="--sweep: import a generated checkpoint of this shape")
     parser.add_argument("--sliding", default="exact", choices=["exact", "approximate"])
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default=os.environ.get("KRONOS_DEVICE", "cpu"),
+                        help="--sweep: the server's device (cpu, cuda)")
     parser.add_argument("--threads", type=int, default=2, help="--sweep: torch threads of the server")
     parser.add_argument("--direct", type=int, default=5,
                         help="--sweep: runtime calls per shape without the service (0: skip)")

@@ -15,6 +15,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
+# Where bentoml is installed without its console script (e.g. pip --target), run the module.
+BENTOML_COMMAND = [BENTOML] if Path(BENTOML).exists() else [sys.executable, "-m", "bentoml"]
 
 
 def free_port() -> int:
@@ -49,7 +51,7 @@ def running_server(bentoml_home: Path, env: dict[str, str], log_path: Path,
     full_env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "KRONOS_THREADS": "1",
                 "HF_HUB_OFFLINE": "1", **env}
     with log_path.open("w") as log:
-        process = subprocess.Popen([BENTOML, "serve", target, "--host", "127.0.0.1",
+        process = subprocess.Popen([*BENTOML_COMMAND, "serve", target, "--host", "127.0.0.1",
                                     "--port", str(port)], cwd=cwd, env=full_env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
