@@ -115,11 +115,14 @@ def resolve_sources(settings: Settings) -> list[tuple[ModelSource, float]]:
 
 
 def warm_up(forecaster: KronosForecaster) -> None:
-    """One small forecast, so the first real request does not pay for kernel setup."""
+    """One small forecast, so the first real request does not pay for kernel setup.
+
+    Long enough (8 steps) to go through CUDA graph capture on a GPU.
+    """
     rows = 32
     close = pd.Series(range(rows), dtype=float) * 0.1 + 100
     frame = pd.DataFrame({"open": close, "high": close + 1, "low": close - 1, "close": close})
-    forecaster.forecast([ForecastRequest(frame, 4, sampling=SamplingParams(top_k=1, sample_count=2))])
+    forecaster.forecast([ForecastRequest(frame, 8, sampling=SamplingParams(top_k=1, sample_count=2))])
 
 
 def load_variant(settings: Settings, source: ModelSource, weight: float) -> Variant:

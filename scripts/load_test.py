@@ -142,7 +142,7 @@ def direct_latencies(source, shape: Shape, settings, repeats: int) -> list[float
 
     forecaster = KronosForecaster.from_pretrained(
         source.model_dir, source.tokenizer_dir, max_context=source.max_context or 512,
-        sliding=settings.sliding, dtype=settings.dtype)
+        sliding=settings.sliding, dtype=settings.dtype, device=settings.device)
     times = []
     for seed in range(repeats + 1):
         request = to_forecast_request(SingleRequest(**shape.body(seed % 8)), settings)
