@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,10 +12,11 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import make_candles
+from conftest import TEST_DEVICE, make_candles
 from kronos_runtime import ForecastRequest, KronosForecaster, SamplingParams
 from local_server import import_dev_model, running_server
 
+SERVER_DEVICE = os.environ.get("KRONOS_DEVICE", "cpu")  # servers inherit it (GPU runs set cuda)
 OLD_EXAMPLE = {"data": [[10.0, 10.5, 9.8, 10.2], [10.2, 10.9, 10.1, 10.7], [10.7, 11.0, 10.4, 10.6],
                         [10.6, 10.8, 10.3, 10.5]], "pred_len": 3}
 
@@ -58,7 +60,7 @@ def test_health_and_readiness(server, store):
     ready = httpx.get(server.url + "/v1/readyz")
     assert ready.status_code == 200
     body = ready.json()
-    assert body["device"] == "cpu" and body["max_context"] == 512 and body["threads"] == 1
+    assert body["device"] == SERVER_DEVICE and body["max_context"] == 512 and body["threads"] == 1
     assert {v["model"] for v in body["variants"]} == set(store[1])
     assert body["model"] in store[1] and body["model_version"]
     for path in ("/healthz", "/readyz", "/metrics"):
@@ -73,7 +75,7 @@ def test_old_service_example_works_as_is(server):
     assert len(body["predictions"]) == 3
     assert set(body["predictions"][0]) == {"timestamp", "open", "high", "low", "close", "volume",
                                            "amount"}
-    assert body["model"] and body["model_version"] and body["device"] == "cpu"
+    assert body["model"] and body["model_version"] and body["device"] == SERVER_DEVICE
     assert response.headers["x-request-id"] == body["request_id"]
 
 
@@ -181,7 +183,10 @@ def test_responses_equal_the_runtime_called_directly(server, store):
     served = post(server, "/v1/predict/single", body).json()
     home = store[0]
     entry_dir = home / "models" / tag.split(":")[0] / tag.split(":")[1]
-    forecaster = KronosForecaster.from_pretrained(entry_dir / "model", entry_dir / "tokenizer")
+    # seeded samples are reproducible on the same kind of device (CPU and CUDA generators differ);
+    # on a GPU run the server gets KRONOS_DEVICE=cuda from the environment
+    forecaster = KronosForecaster.from_pretrained(entry_dir / "model", entry_dir / "tokenizer",
+                                                  device=TEST_DEVICE)
     frame, stamps = make_candles(60, seed=33)
     direct = forecaster.forecast([ForecastRequest(
         frame, 6, timestamps=stamps, quantiles=[0.5],
