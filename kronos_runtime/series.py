@@ -46,8 +46,17 @@ class PreparedSeries:
 
 
 def time_features(index: pd.DatetimeIndex) -> np.ndarray:
-    """Minute, hour, weekday (Mon=0), day and month of each timestamp, float32 [n, 5]."""
-    return np.stack([index.minute, index.hour, index.weekday, index.day, index.month],
+    """Minute, hour, weekday (Mon=0), day and month of each timestamp, float32 [n, 5].
+
+    Computed on the datetime64 values with numpy (what pandas' accessors give, without their
+    per-accessor overhead); floor division keeps dates before 1970 right.
+    """
+    stamps = index.values.astype("datetime64[ns]")
+    minutes = stamps.astype("datetime64[m]").astype(np.int64)
+    days = stamps.astype("datetime64[D]")
+    months = days.astype("datetime64[M]")
+    return np.stack([minutes % 60, minutes // 60 % 24, (days.astype(np.int64) + 3) % 7,
+                     (days - months).astype(np.int64) + 1, months.astype(np.int64) % 12 + 1],
                     axis=1).astype(np.float32)
 
 
@@ -67,15 +76,26 @@ def normalise_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return renamed
 
 
-def complete_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add volume/amount as the reference does: no volume -> both 0; no amount -> volume * mean price."""
-    frame = frame.copy()
-    if "volume" not in frame.columns:
-        frame["volume"] = 0.0
-        frame["amount"] = 0.0
-    if "amount" not in frame.columns:
-        frame["amount"] = frame["volume"] * frame[list(PRICE_COLUMNS)].mean(axis=1)
-    return frame[list(ALL_COLUMNS)]
+def numeric_values(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame as float64; non-numeric columns are parsed (strings of numbers) or rejected."""
+    if all(pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes):
+        return frame.astype(np.float64)  # the usual case: no per-column parsing
+    try:
+        return frame.apply(lambda column: pd.to_numeric(column, errors="raise")).astype(np.float64)
+    except (ValueError, TypeError) as exc:
+        raise InputError("data", "values must be numbers") from exc
+
+
+def complete_columns(frame: pd.DataFrame) -> np.ndarray:
+    """Rows [n, 6] in ``ALL_COLUMNS`` order, volume/amount added as the reference does:
+    no volume -> both 0; no amount -> volume * mean price."""
+    values = frame.to_numpy(np.float64)
+    column = {name: values[:, i] for i, name in enumerate(frame.columns)}
+    prices = np.stack([column[name] for name in PRICE_COLUMNS], axis=1)
+    zeros = np.zeros(len(values))
+    volume = column.get("volume", zeros)
+    amount = column.get("amount", volume * prices.mean(axis=1) if "volume" in column else zeros)
+    return np.column_stack([prices, volume, amount])
 
 
 def to_datetime_index(values: Sequence | pd.Index | None, field: str) -> pd.DatetimeIndex | None:
@@ -132,30 +152,24 @@ def prepare_series(data: pd.DataFrame, pred_len: int, timestamps: Sequence | Non
     """Validate and normalise one series exactly as the reference predictor does."""
     if not isinstance(pred_len, (int, np.integer)) or isinstance(pred_len, bool) or pred_len < 1:
         raise InputError("pred_len", "must be a positive integer")
-    frame = normalise_columns(data)
-    try:
-        frame = frame.apply(lambda column: pd.to_numeric(column, errors="raise")).astype(np.float64)
-    except (ValueError, TypeError) as exc:
-        raise InputError("data", "values must be numbers") from exc
-    frame = complete_columns(frame)
+    raw = complete_columns(numeric_values(normalise_columns(data)))
     history = to_datetime_index(timestamps, "timestamps")
-    if history is not None and len(history) != len(frame):
-        raise InputError("timestamps", f"has {len(history)} entries for {len(frame)} rows")
+    if history is not None and len(history) != len(raw):
+        raise InputError("timestamps", f"has {len(history)} entries for {len(raw)} rows")
     if lookback is not None:
         if lookback < MIN_HISTORY:
             raise InputError("lookback", f"must be at least {MIN_HISTORY}")
-        frame = frame.iloc[-lookback:]
+        raw = raw[-lookback:]
         history = history[-lookback:] if history is not None else None
-    if len(frame) < MIN_HISTORY:
-        raise InputError("data", f"needs at least {MIN_HISTORY} rows, got {len(frame)}")
-    raw = frame.to_numpy(dtype=np.float64)
+    if len(raw) < MIN_HISTORY:
+        raise InputError("data", f"needs at least {MIN_HISTORY} rows, got {len(raw)}")
     bad = ~np.isfinite(raw)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
         raise InputError("data", f"row {row} column '{ALL_COLUMNS[col]}' is NaN or infinite")
     check_values(raw)
     if history is None:
-        history = pd.date_range(start=DEFAULT_START, periods=len(frame), freq=default_freq)
+        history = pd.date_range(start=DEFAULT_START, periods=len(raw), freq=default_freq)
     check_increasing(history, "timestamps")
 
     future = to_datetime_index(future_timestamps, "future_timestamps")

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import TEST_DEVICE, make_candles
 from kronos_runtime import ForecastRequest, InputError, KronosForecaster, SamplingParams
+from kronos_runtime.series import time_features
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +115,12 @@ def test_forecast_timestamps_past_the_supported_range_are_rejected(forecaster):
     frame, _ = make_candles(20)
     stamps = [f"2262-03-{day:02d}" for day in range(1, 21)]
     assert "range" in rejects(forecaster, "timestamps", ForecastRequest(frame, 60, timestamps=stamps))
+
+
+def test_time_features_equal_pandas_accessors_across_centuries():
+    rng = np.random.default_rng(0)
+    stamps = rng.integers(pd.Timestamp("1900-01-01").value, pd.Timestamp("2200-01-01").value, 5000)
+    index = pd.DatetimeIndex(np.sort(stamps)).append(pd.date_range("1969-12-31 22:00", periods=300,
+                                                                    freq="7min"))
+    expected = np.stack([index.minute, index.hour, index.weekday, index.day, index.month], axis=1)
+    np.testing.assert_array_equal(time_features(index), expected)
