@@ -29,6 +29,7 @@ class Settings:
     threads: int = 0
     max_context: int = 0
     sliding: str = "exact"
+    cuda_graphs: bool = True
     default_pred_len: int = 24
     max_pred_len: int = 512
     max_lookback: int = 2048

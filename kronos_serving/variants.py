@@ -134,7 +134,8 @@ def load_variant(settings: Settings, source: ModelSource, weight: float) -> Vari
     max_context = settings.max_context or source.max_context or FALLBACK_CONTEXT
     forecaster = KronosForecaster.from_pretrained(source.model_dir, source.tokenizer_dir,
                                                   device=device, dtype=settings.dtype,
-                                                  max_context=max_context, sliding=settings.sliding)
+                                                  max_context=max_context, sliding=settings.sliding,
+                                                  steps_mode=None if settings.cuda_graphs else "eager")
     warm_up(forecaster)
     seconds = time.perf_counter() - started
     version = source.version

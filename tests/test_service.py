@@ -261,3 +261,24 @@ def test_gpu_resource_hint_only_for_cuda_devices():
 
     assert "gpu" not in service_resources(Settings(device="cpu"))
     assert service_resources(Settings(device="cuda:0", gpu=1, cpu=4))["gpu"] == 1
+
+
+@pytest.mark.parametrize("cuda_graphs", [True, False])
+def test_cuda_graphs_setting_reaches_the_runtime(tiny_checkpoint, monkeypatch, cuda_graphs):
+    from kronos_serving.model_store import ModelSource
+    from kronos_serving.settings import load_settings
+    from kronos_serving.variants import load_variant
+
+    requested = {}
+    load = KronosForecaster.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        requested.update(kwargs)
+        return load(cls, *args, **kwargs)
+    monkeypatch.setattr(KronosForecaster, "from_pretrained", classmethod(spy))
+    settings = load_settings({"KRONOS_DEVICE": TEST_DEVICE,
+                              "KRONOS_CUDA_GRAPHS": "true" if cuda_graphs else "false"})
+    variant = load_variant(settings, ModelSource("tiny", "local", *tiny_checkpoint), 1.0)
+    assert requested["steps_mode"] == (None if cuda_graphs else "eager")  # None: graphs on CUDA
+    on_gpu = TEST_DEVICE.startswith("cuda")
+    assert variant.forecaster.steps_mode == ("graphs" if cuda_graphs and on_gpu else "eager")
