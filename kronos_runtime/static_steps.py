@@ -11,11 +11,14 @@ eagerly, so the fixed-shape arithmetic is checked against the eager path everywh
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from .sampling import RowSampler
+
+if TYPE_CHECKING:
+    from .generation import _CachedRows
 
 MIN_GRAPHED_STEPS = 4  # below this, capturing costs more than the launches it saves
 
@@ -27,7 +30,7 @@ class StaticSteps:
     step); on return that cache holds steps ``1 .. until-1`` and can go on eagerly.
     """
 
-    def __init__(self, cached, graphs: bool) -> None:
+    def __init__(self, cached: "_CachedRows", graphs: bool) -> None:
         run = cached.run
         self.run, self.cached, self.graphs = run, cached, graphs
         device = run.device
