@@ -51,7 +51,7 @@ def time_features(index: pd.DatetimeIndex) -> np.ndarray:
     Computed on the datetime64 values with numpy (what pandas' accessors give, without their
     per-accessor overhead); floor division keeps dates before 1970 right.
     """
-    stamps = index.values.astype("datetime64[ns]")
+    stamps = index.values  # datetime64 in the index's own unit (no cast that could overflow)
     minutes = stamps.astype("datetime64[m]").astype(np.int64)
     days = stamps.astype("datetime64[D]")
     months = days.astype("datetime64[M]")

@@ -103,7 +103,7 @@ def test_missing_timestamps_get_a_deterministic_default(forecaster):
 
 def test_inverted_candles_and_absurd_magnitudes_are_rejected(forecaster):
     frame, stamps = make_candles(20)
-    frame.loc[7, ["high", "low"]] = frame.loc[7, ["low", "high"]].to_numpy()
+    frame.loc[7, ["high", "low"]] = frame.loc[7, ["low", "high"]].to_numpy().copy()
     assert "row 7" in rejects(forecaster, "data", ForecastRequest(frame, 3, timestamps=stamps))
     frame, stamps = make_candles(20)
     frame.loc[4, "volume"] = 1e200
@@ -124,3 +124,4 @@ def test_time_features_equal_pandas_accessors_across_centuries():
                                                                     freq="7min"))
     expected = np.stack([index.minute, index.hour, index.weekday, index.day, index.month], axis=1)
     np.testing.assert_array_equal(time_features(index), expected)
+    np.testing.assert_array_equal(time_features(index.as_unit("s")), expected)  # any resolution
