@@ -35,6 +35,7 @@ from kronos_serving.settings import Settings, load_settings  # noqa: E402
 from kronos_serving.tracing import tracer, tracing_config  # noqa: E402
 from kronos_serving.validation_errors import ValidationErrorMiddleware  # noqa: E402
 from kronos_serving.variants import Variant, load_variant, resolve_sources  # noqa: E402
+from kronos_serving.worker_readiness import SiblingReadiness  # noqa: E402
 
 log = logging.getLogger("kronos.service")
 SETTINGS = load_settings()
@@ -78,6 +79,7 @@ class KronosService:
         self.variants: list[Variant] = []
         self.load_error: str | None = None
         self.drain = Drain(SETTINGS.drain_delay_s)
+        self.siblings = SiblingReadiness(SETTINGS.workers)
         if not self.drain.install():
             log.warning("SIGTERM handler not installed: readiness will not fail before shutdown",
                         extra={"event": "drain_unavailable"})
@@ -89,13 +91,14 @@ class KronosService:
         try:
             self.variants = [load_variant(self.settings, source, weight)
                              for source, weight in resolve_sources(self.settings)]
+            self.siblings.mark_ready()
         except Exception as exc:  # a bad model must not crash-loop the worker: readyz says why
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model load failed", exc_info=not isinstance(exc, CheckpointError),
                       extra={"event": "model_load_failed", "error": self.load_error})
 
     def __is_ready__(self) -> bool:
-        return bool(self.variants)
+        return bool(self.variants) and self.siblings.all_ready()
 
     def readiness(self) -> dict[str, Any]:
         """What /v1/readyz reports."""
@@ -104,8 +107,12 @@ class KronosService:
         if not self.variants:
             return {"ready": False, "status": "failed" if self.load_error else "loading",
                     "error": self.load_error}
+        if not self.siblings.all_ready():  # this worker is loaded, a sibling is not yet
+            return {"ready": False, "status": "loading", "error": None,
+                    "workers_ready": f"{self.siblings.ready_workers()}/{self.siblings.workers}"}
         first = self.variants[0]
-        return {"ready": True, "status": "ready", "device": first.device,
+        return {"ready": True, "status": "ready", "workers": self.siblings.workers,
+                "device": first.device,
                 "threads": torch.get_num_threads(),
                 "model": first.source.name, "model_version": first.version,
                 "max_context": first.forecaster.max_context,

@@ -77,6 +77,15 @@ def scrape(server, name):
     return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.MULTILINE))
 
 
+def test_ready_means_every_worker_loaded(server):
+    """The fixture waits for the first 200 from /v1/readyz: by then both workers have loaded their
+    model, so no request can reach a worker that is still loading (and answer 503)."""
+    loaded = [line for line in server.log().splitlines() if '"event": "model_loaded"' in line]
+    assert len(loaded) == 2, server.log()[-2000:]
+    ready = httpx.get(server.url + "/v1/readyz").json()
+    assert ready["ready"] and ready["workers"] == 2
+
+
 def test_logs_are_json_with_request_fields_and_no_raw_values(server):
     ok = httpx.post(server.url + "/v1/predict/single", json=body_with_sentinels(),
                     headers={"X-Request-ID": "obs-req-1"}, timeout=60)

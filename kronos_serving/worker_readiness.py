@@ -1,0 +1,52 @@
+"""Readiness across a server's workers.
+
+Each BentoML worker loads its own model and answers probes itself. With several workers, a probe
+that reaches a loaded worker while a sibling is still loading would let traffic in early, and the
+sibling would answer it 503. So each worker leaves a marker once it is loaded, and reports ready
+only when every worker of its server (the children of the same arbiter) has left one.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+class SiblingReadiness:
+    """Ready markers of the workers that share this process's parent (the arbiter)."""
+
+    def __init__(self, workers: int, root: Path | None = None, pid: int | None = None,
+                 parent: int | None = None) -> None:
+        self.workers = workers
+        self.pid = pid or os.getpid()
+        base = root or Path(tempfile.gettempdir())
+        self.directory = base / f"kronos-ready-{parent or os.getppid()}"
+
+    def mark_ready(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / str(self.pid)).touch()
+
+    def ready_workers(self) -> int:
+        """Workers that marked themselves ready and are still alive (stale markers are removed)."""
+        if not self.directory.is_dir():
+            return 0
+        alive = 0
+        for marker in self.directory.iterdir():
+            if marker.name.isdigit() and _alive(int(marker.name)):
+                alive += 1
+            else:
+                marker.unlink(missing_ok=True)
+        return alive
+
+    def all_ready(self) -> bool:
+        return self.workers <= 1 or self.ready_workers() >= self.workers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
