@@ -91,7 +91,10 @@ class KronosService:
         try:
             self.variants = [load_variant(self.settings, source, weight)
                              for source, weight in resolve_sources(self.settings)]
-            self.siblings.mark_ready()
+            if not self.siblings.mark_ready():
+                log.warning("cannot write the worker-ready marker: readiness covers this worker only",
+                            extra={"event": "sibling_readiness_unavailable",
+                                   "directory": str(self.siblings.directory)})
         except Exception as exc:  # a bad model must not crash-loop the worker: readyz says why
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model load failed", exc_info=not isinstance(exc, CheckpointError),
@@ -111,7 +114,7 @@ class KronosService:
             return {"ready": False, "status": "loading", "error": None,
                     "workers_ready": f"{self.siblings.ready_workers()}/{self.siblings.workers}"}
         first = self.variants[0]
-        return {"ready": True, "status": "ready", "workers": self.siblings.workers,
+        return {"ready": True, "status": "ready", "workers": self.settings.workers,
                 "device": first.device,
                 "threads": torch.get_num_threads(),
                 "model": first.source.name, "model_version": first.version,

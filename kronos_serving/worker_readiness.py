@@ -22,9 +22,16 @@ class SiblingReadiness:
         base = root or Path(tempfile.gettempdir())
         self.directory = base / f"kronos-ready-{parent or os.getppid()}"
 
-    def mark_ready(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / str(self.pid)).touch()
+    def mark_ready(self) -> bool:
+        """Leave this worker's marker. False if it cannot be written (read-only temp dir): then
+        this worker stops waiting for its siblings rather than never turning ready."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(self.pid)).touch()
+        except OSError:
+            self.workers = 1
+            return False
+        return True
 
     def ready_workers(self) -> int:
         """Workers that marked themselves ready and are still alive (stale markers are removed)."""

@@ -22,3 +22,11 @@ def test_ready_only_when_every_live_sibling_marked_itself(tmp_path):
         sibling.wait()
     assert not me.all_ready() and me.ready_workers() == 1  # a dead sibling's marker is dropped
     assert SiblingReadiness(1, tmp_path, parent=4321).all_ready()  # one worker: nothing to wait for
+
+
+def test_an_unwritable_marker_directory_falls_back_to_this_worker_alone(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    readiness = SiblingReadiness(2, blocker, parent=1)
+    assert not readiness.mark_ready()
+    assert readiness.all_ready()
