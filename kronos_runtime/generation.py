@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .layers import RowGroups
-from .model import KronosModel, OwnCache, SharedPrefix
+from .model import KronosModel, OwnCache, SharedPrefix, window_masks
 from .sampling import RowSampler
 from .static_steps import MIN_GRAPHED_STEPS, StaticSteps
 
@@ -65,6 +65,8 @@ class _Generation:
                  max_context: int, sliding: SlidingMode) -> None:
         self.model, self.series, self.row_series = model, series, row_series
         self.max_context, self.sliding = max_context, sliding
+        # approximate mode hides cached keys older than the window; exact mode recomputes instead
+        self.window_limit = max_context if sliding == "approximate" else None
         self.device = model.device
         steps = max(s.horizon for s in series)
         self.gen_s1 = torch.zeros(len(row_series), steps, dtype=torch.long, device=self.device)
@@ -105,14 +107,9 @@ class _CachedRows:
         s1, s2, stamps = run.fed(self.rows, step - 1, step)
         prefix_len = self.prefix.lengths[self.groups.series]
         positions = (prefix_len + (step - 1))[:, None]
-        keys = torch.arange(self.prefix.layers[0][0].shape[2], device=run.device)
-        self.prefix_mask = keys[None] < prefix_len[:, None]
-        self.own_mask = None
-        if run.sliding == "approximate":
-            oldest = positions - run.max_context + 1  # oldest position still in the window
-            self.prefix_mask &= keys[None] >= oldest
-            own_positions = prefix_len[:, None] + torch.arange(step, device=run.device)[None]
-            self.own_mask = (own_positions >= oldest)[:, None, None, :]
+        self.prefix_mask, self.own_mask = window_masks(
+            prefix_len, positions, self.prefix.layers[0][0].shape[2],
+            torch.arange(step, device=run.device), run.window_limit)
         states, self.own_context = run.model.extend(s1, s2, stamps, positions, self.prefix,
                                                     self.prefix_mask, self.own, self.own_mask,
                                                     self.groups)

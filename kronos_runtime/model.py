@@ -170,6 +170,27 @@ class KronosModel(nn.Module):
         return self.head.proj_s2(self.dep_layer.norm(last_state + attn))
 
 
+def window_masks(prefix_len: torch.Tensor, positions: torch.Tensor, prefix_keys: int,
+                 own_slots: torch.Tensor, max_context: int | None,
+                 written: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Which keys rows fed at ``positions`` [rows, 1] may attend to.
+
+    Returns the shared-prefix mask [rows, prefix_keys] (a series' valid positions) and the
+    own-cache mask over ``own_slots`` (own slot j holds position prefix_len + j), broadcastable
+    to [rows, heads, 1, slots], or None when every own slot is visible. ``max_context`` (approximate
+    sliding) hides keys older than the window; ``written`` [slots] hides slots not written yet.
+    """
+    keys = torch.arange(prefix_keys, device=prefix_len.device)
+    prefix_mask = keys[None] < prefix_len[:, None]
+    own_mask = None if written is None else written[None, None, None, :]
+    if max_context is not None:
+        oldest = positions - max_context + 1  # oldest position still in the window
+        prefix_mask = prefix_mask & (keys[None] >= oldest)
+        recent = ((prefix_len[:, None] + own_slots[None]) >= oldest)[:, None, None, :]
+        own_mask = recent if own_mask is None else own_mask & recent
+    return prefix_mask, own_mask
+
+
 @dataclass
 class SharedPrefix:
     """Keys/values of each series' prefilled window, shared by all of its sample paths."""

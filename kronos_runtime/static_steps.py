@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from .model import window_masks
 from .sampling import RowSampler
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class StaticSteps:
         groups, prefix = cached.groups, cached.prefix
         self.prefix_len = prefix.lengths[groups.series]
         self.row_future = run.future[groups.series]
-        self.keys = torch.arange(prefix.layers[0][0].shape[2], device=device)
+        self.prefix_keys = prefix.layers[0][0].shape[2]
         self.own_slots = torch.arange(cached.own.context.keys.shape[2], device=device)
         self.sampled_s1 = torch.zeros(len(cached.rows), dtype=torch.long, device=device)
 
@@ -51,15 +52,9 @@ class StaticSteps:
         s2 = run.gen_s2.index_select(1, slot)
         stamps = self.row_future.index_select(1, slot)
         positions = (self.prefix_len + slot)[:, None]
-        self.prefix_mask = self.keys[None] < self.prefix_len[:, None]
-        written = self.own_slots <= slot
-        if run.sliding == "approximate":
-            oldest = positions - run.max_context + 1
-            self.prefix_mask = self.prefix_mask & (self.keys[None] >= oldest)
-            own_positions = self.prefix_len[:, None] + self.own_slots[None]
-            self.own_mask = (written[None] & (own_positions >= oldest))[:, None, None, :]
-        else:
-            self.own_mask = written[None, None, None, :]
+        self.prefix_mask, self.own_mask = window_masks(
+            self.prefix_len, positions, self.prefix_keys, self.own_slots, run.window_limit,
+            written=self.own_slots <= slot)
         states, self.own_context = run.model.extend(s1, s2, stamps, positions, cached.prefix,
                                                     self.prefix_mask, cached.own, self.own_mask,
                                                     cached.groups)
