@@ -94,7 +94,10 @@ def complete_columns(frame: pd.DataFrame) -> np.ndarray:
     prices = np.stack([column[name] for name in PRICE_COLUMNS], axis=1)
     zeros = np.zeros(len(values))
     volume = column.get("volume", zeros)
-    amount = column.get("amount", volume * prices.mean(axis=1) if "volume" in column else zeros)
+    if "amount" in column:
+        amount = column["amount"]
+    else:
+        amount = volume * prices.mean(axis=1) if "volume" in column else zeros
     return np.column_stack([prices, volume, amount])
 
 

@@ -63,7 +63,8 @@ def load_ours(checkpoint, max_context, sliding, dtype, steps_mode, device) -> Kr
     forecaster = KronosForecaster.from_pretrained(*checkpoint, max_context=max_context,
                                                   sliding=sliding, dtype=dtype, device=device,
                                                   steps_mode=steps_mode)
-    forecaster.forecast([ForecastRequest(candles(16)[0], 2, timestamps=candles(16)[1])])  # warm-up
+    frame, stamps = candles(16)
+    forecaster.forecast([ForecastRequest(frame, 2, timestamps=stamps)])  # warm-up
     return forecaster
 
 

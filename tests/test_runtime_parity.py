@@ -59,6 +59,23 @@ def test_mini_shape_with_sample_paths_matches_reference(mini_checkpoint):
     assert_matches(ours.mean, reference)
 
 
+# Horizons and sampling of a ragged batch: greedy, top-p with 4 paths, top-k, greedy 2 paths.
+RAGGED = [(5, GREEDY),
+          (25, SamplingParams(temperature=0.8, top_p=0.9, sample_count=4, seed=1)),
+          (12, SamplingParams(temperature=1.2, top_k=20, sample_count=2, seed=2)),
+          (40, SamplingParams(top_k=1, sample_count=2))]
+
+
+def ragged_requests(lengths: list[int], data_seed: int, **options) -> list[ForecastRequest]:
+    """One request per ``RAGGED`` entry, on series of ``lengths`` rows, returning samples."""
+    requests = []
+    for i, (rows, (horizon, sampling)) in enumerate(zip(lengths, RAGGED)):
+        frame, stamps = make_candles(rows, seed=data_seed + i)
+        requests.append(ForecastRequest(frame, horizon, timestamps=stamps, sampling=sampling,
+                                        return_samples=True, **options))
+    return requests
+
+
 def test_models_are_in_eval_mode(tiny_checkpoint):
     forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE)
     assert not forecaster.model.training and not forecaster.tokenizer.training
@@ -66,15 +83,7 @@ def test_models_are_in_eval_mode(tiny_checkpoint):
 
 def test_ragged_batch_equals_single_runs(tiny_checkpoint):
     forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE, max_context=48)
-    requests = []
-    for i, (rows, horizon, sampling) in enumerate([
-            (30, 5, GREEDY),
-            (70, 25, SamplingParams(temperature=0.8, top_p=0.9, sample_count=4, seed=1)),
-            (45, 12, SamplingParams(temperature=1.2, top_k=20, sample_count=2, seed=2)),
-            (20, 40, SamplingParams(top_k=1, sample_count=2))]):
-        frame, stamps = make_candles(rows, seed=100 + i)
-        requests.append(ForecastRequest(frame, horizon, timestamps=stamps, sampling=sampling,
-                                        quantiles=[0.1, 0.9], return_samples=True))
+    requests = ragged_requests([30, 70, 45, 20], data_seed=100, quantiles=[0.1, 0.9])
     batched = forecaster.forecast(requests)
     for request, together in zip(requests, batched):
         alone = forecaster.forecast([request])[0]
@@ -110,15 +119,7 @@ def test_fixed_shape_steps_equal_eager_steps(tiny_checkpoint, monkeypatch, steps
         handed_over_at.append(until)
         return decode(self, sampler, until, on_step)
     monkeypatch.setattr(StaticSteps, "decode", spy)
-    requests = []
-    for i, (rows, horizon, sampling) in enumerate([
-            (30, 5, GREEDY),
-            (45, 25, SamplingParams(temperature=0.8, top_p=0.9, sample_count=4, seed=1)),
-            (40, 12, SamplingParams(temperature=1.2, top_k=20, sample_count=2, seed=2)),
-            (20, 40, SamplingParams(top_k=1, sample_count=2))]):
-        frame, stamps = make_candles(rows, seed=200 + i)
-        requests.append(ForecastRequest(frame, horizon, timestamps=stamps, sampling=sampling,
-                                        return_samples=True))
+    requests = ragged_requests([30, 45, 40, 20], data_seed=200)
 
     def run(mode):
         return KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE,
