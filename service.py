@@ -20,21 +20,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kronos_runtime import CheckpointError, InputError  # noqa: E402
+from kronos_runtime import CheckpointError  # noqa: E402
 from kronos_serving.accounting import record_request  # noqa: E402
-from kronos_serving.batcher import QueueFull  # noqa: E402
 from kronos_serving.draining import Drain  # noqa: E402
+from kronos_serving.forecasting import ForecastRunner, RequestFailed, input_summary  # noqa: E402
 from kronos_serving.guard import GuardMiddleware  # noqa: E402
 from kronos_serving.health import health_app  # noqa: E402
 from kronos_serving.logs import configure_json_logging, current_trace_ids  # noqa: E402
 from kronos_serving.metrics import METRICS  # noqa: E402
-from kronos_serving.requests import to_forecast_request, to_response  # noqa: E402
-from kronos_serving.routing import choose  # noqa: E402
 from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
 from kronos_serving.settings import Settings, load_settings  # noqa: E402
-from kronos_serving.tracing import tracer, tracing_config  # noqa: E402
+from kronos_serving.tracing import tracing_config  # noqa: E402
 from kronos_serving.validation_errors import ValidationErrorMiddleware  # noqa: E402
-from kronos_serving.variants import Variant, load_variant, resolve_sources  # noqa: E402
+from kronos_serving.variants import load_variant, resolve_sources  # noqa: E402
 from kronos_serving.worker_readiness import SiblingReadiness  # noqa: E402
 
 log = logging.getLogger("kronos.service")
@@ -49,23 +47,6 @@ def service_resources(settings: Settings) -> dict[str, Any]:
     return resources
 
 
-def input_summary(bodies: list[SingleRequest]) -> dict[str, Any]:
-    """What a log may say about the input: counts, lengths and time ranges, never values."""
-    stamps = [b.timestamps for b in bodies if b.timestamps]
-    return {"series": len(bodies), "rows": [len(b.data) for b in bodies][:16],
-            "pred_len": [b.pred_len for b in bodies][:16],
-            "time_range": [min(s[0] for s in stamps), max(s[-1] for s in stamps)] if stamps else None}
-
-
-class RequestFailed(Exception):
-    """An error answered with ``status`` and a JSON body naming the field."""
-
-    def __init__(self, status: int, error: str, field: str | None = None,
-                 retry_after: int | None = None) -> None:
-        super().__init__(error)
-        self.status, self.error, self.field, self.retry_after = status, error, field, retry_after
-
-
 @bentoml.asgi_app(health_app, path="/v1")
 @bentoml.service(name="kronos", resources=service_resources(SETTINGS), workers=SETTINGS.workers,
                  traffic={"timeout": SETTINGS.timeout_s + 30}, tracing=tracing_config(SETTINGS))
@@ -76,8 +57,7 @@ class KronosService:
         self.settings = SETTINGS
         configure_json_logging(SETTINGS.log_level)
         torch.set_num_threads(SETTINGS.torch_threads)
-        self.variants: list[Variant] = []
-        self.load_error: str | None = None
+        self.runner = ForecastRunner(SETTINGS)
         self.drain = Drain(SETTINGS.drain_delay_s)
         self.siblings = SiblingReadiness(SETTINGS.workers)
         if not self.drain.install():
@@ -89,88 +69,44 @@ class KronosService:
     # -- model lifecycle ---------------------------------------------------------------------
     def _load(self) -> None:
         try:
-            self.variants = [load_variant(self.settings, source, weight)
-                             for source, weight in resolve_sources(self.settings)]
+            self.runner.variants = [load_variant(self.settings, source, weight)
+                                    for source, weight in resolve_sources(self.settings)]
             if not self.siblings.mark_ready():
                 log.warning("cannot write the worker-ready marker: readiness covers this worker only",
                             extra={"event": "sibling_readiness_unavailable",
                                    "directory": str(self.siblings.directory)})
         except Exception as exc:  # a bad model must not crash-loop the worker: readyz says why
-            self.load_error = f"{type(exc).__name__}: {exc}"
+            self.runner.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model load failed", exc_info=not isinstance(exc, CheckpointError),
-                      extra={"event": "model_load_failed", "error": self.load_error})
+                      extra={"event": "model_load_failed", "error": self.runner.load_error})
 
     def __is_ready__(self) -> bool:
-        return bool(self.variants) and self.siblings.all_ready()
+        return bool(self.runner.variants) and self.siblings.all_ready()
 
     def readiness(self) -> dict[str, Any]:
         """What /v1/readyz reports."""
         if self.drain.draining:
             return {"ready": False, "status": "draining", "error": None}
-        if not self.variants:
-            return {"ready": False, "status": "failed" if self.load_error else "loading",
-                    "error": self.load_error}
+        if not self.runner.variants:
+            return {"ready": False, "status": "failed" if self.runner.load_error else "loading",
+                    "error": self.runner.load_error}
         if not self.siblings.all_ready():  # this worker is loaded, a sibling is not yet
             return {"ready": False, "status": "loading", "error": None,
                     "workers_ready": f"{self.siblings.ready_workers()}/{self.siblings.workers}"}
-        first = self.variants[0]
+        first = self.runner.variants[0]
         return {"ready": True, "status": "ready", "workers": self.settings.workers,
                 "device": first.device,
                 "threads": torch.get_num_threads(),
                 "model": first.source.name, "model_version": first.version,
                 "max_context": first.forecaster.max_context,
-                "dev_checkpoint": any(v.source.is_dev for v in self.variants),
+                "dev_checkpoint": any(v.source.is_dev for v in self.runner.variants),
                 "warning": ("serving a generated dev checkpoint with random weights"
-                            if any(v.source.is_dev for v in self.variants) else None),
+                            if any(v.source.is_dev for v in self.runner.variants) else None),
                 "variants": [{"model": v.source.name, "model_version": v.version,
                               "weight": v.weight, "device": v.device,
-                              "max_context": v.forecaster.max_context} for v in self.variants]}
+                              "max_context": v.forecaster.max_context} for v in self.runner.variants]}
 
     # -- request handling --------------------------------------------------------------------
-    def _variant(self, body: SingleRequest) -> Variant:
-        if not self.variants:
-            raise RequestFailed(503, "model not loaded yet" if not self.load_error
-                                else f"model failed to load: {self.load_error}", retry_after=5)
-        return choose(self.variants, [v.weight for v in self.variants],
-                      [v.aliases for v in self.variants], body.model_version, body.sticky_key)
-
-    async def _forecast(self, bodies: list[SingleRequest], request_id: str,
-                        index_errors: bool) -> list[dict[str, Any]]:
-        """Validate every body, then submit them to their variants' batchers together."""
-        if index_errors and not bodies:
-            raise RequestFailed(400, "batch: must hold at least one item", "batch")
-        if index_errors and len(bodies) > self.settings.max_batch_items:
-            raise RequestFailed(400, f"batch: {len(bodies)} items exceed the limit of "
-                                     f"{self.settings.max_batch_items}", "batch")
-        prepared = []
-        with tracer().start_as_current_span("validation", attributes={"kronos.series": len(bodies)}):
-            for i, body in enumerate(bodies):
-                try:
-                    variant = self._variant(body)
-                    request = to_forecast_request(body, self.settings)
-                    prepared.append((variant, request, variant.forecaster.prepare(request)))
-                except InputError as exc:
-                    field = f"batch[{i}].{exc.field}" if index_errors else exc.field
-                    raise RequestFailed(400, f"{field}: {exc.message}", field) from exc
-        by_variant: dict[int, list[int]] = {}
-        for i, (variant, _, _) in enumerate(prepared):
-            by_variant.setdefault(id(variant), []).append(i)
-        results: list[Any] = [None] * len(bodies)
-        for indices in by_variant.values():
-            variant = prepared[indices[0]][0]
-            try:
-                outputs = await variant.batcher.submit([prepared[i][1:] for i in indices])
-            except QueueFull as exc:
-                raise RequestFailed(503, f"overloaded: {exc}", retry_after=1) from exc
-            with tracer().start_as_current_span("postprocess"):
-                for i, output in zip(indices, outputs):
-                    METRICS.series_length.labels(model_version=variant.version).observe(
-                        output.history_rows)
-                    METRICS.horizon.labels(model_version=variant.version).observe(len(output.mean))
-                    results[i] = to_response(output, bool(bodies[i].quantiles), variant.source.name,
-                                             variant.version, variant.device, request_id)
-        return results
-
     async def _serve(self, ctx: bentoml.Context, route: str, bodies: list[SingleRequest],
                      batch: bool) -> dict[str, Any]:
         started = time.perf_counter()
@@ -185,7 +121,7 @@ class KronosService:
         try:
             try:
                 results = await asyncio.wait_for(
-                    self._forecast(bodies, request_id, index_errors=batch), self.settings.timeout_s)
+                    self.runner.run(bodies, request_id, index_errors=batch), self.settings.timeout_s)
             except TimeoutError as exc:  # queued jobs are dropped; a running batch finishes alone
                 raise RequestFailed(504, f"timed out after {self.settings.timeout_s} s "
                                          "(queue wait and forecast)", retry_after=5) from exc
@@ -196,7 +132,7 @@ class KronosService:
             ctx.response.status_code = exc.status
             if exc.retry_after:
                 ctx.response.headers["Retry-After"] = str(exc.retry_after)
-            body = {"error": exc.error, "field": exc.field, "request_id": request_id}
+            body = exc.body(request_id)
         except Exception as exc:  # the runtime failed on this batch: a clear 500, worker lives on
             log.exception("forecast failed", extra={"event": "forecast_failed",
                                                     "request_id": request_id, "path": route,

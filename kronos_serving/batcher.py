@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 from opentelemetry import context as otel_context
 
 from kronos_runtime import ForecastRequest, ForecastResult, KronosForecaster
+from kronos_runtime.engine import Priority
 from kronos_runtime.series import PreparedSeries
 
 log = logging.getLogger("kronos.batcher")
@@ -32,6 +33,7 @@ class Job:
     request: ForecastRequest
     prepared: PreparedSeries
     future: asyncio.Future
+    priority: Priority = Priority.INTERACTIVE
     queued_ns: int = field(default_factory=time.time_ns)
     trace_context: otel_context.Context = field(default_factory=otel_context.get_current)
 
@@ -84,15 +86,24 @@ class Batcher:
             self._wakeup = asyncio.Event()
             self._worker = asyncio.get_running_loop().create_task(self._run())
 
-    async def submit(self, items: Sequence[tuple[ForecastRequest, PreparedSeries]]
-                     ) -> list[ForecastResult]:
-        """Queue validated series (all or none) and wait for their forecasts."""
+    async def submit(self, items: Sequence[tuple[ForecastRequest, PreparedSeries]],
+                     priority: Priority = Priority.INTERACTIVE) -> list[ForecastResult]:
+        """Queue validated series (all or none) and wait for their forecasts.
+
+        Background work queues behind every interactive series already queued."""
         self._ensure_worker()
         if len(self._queue) + len(items) > self.max_queue:
             raise QueueFull(f"queue holds {len(self._queue)} series (limit {self.max_queue})")
         loop = asyncio.get_running_loop()
-        jobs = [Job(request, prepared, loop.create_future()) for request, prepared in items]
-        self._queue.extend(jobs)
+        jobs = [Job(request, prepared, loop.create_future(), priority=priority)
+                for request, prepared in items]
+        if priority == Priority.INTERACTIVE:  # ahead of queued background work
+            at = next((i for i, j in enumerate(self._queue) if j.priority != Priority.INTERACTIVE),
+                      len(self._queue))
+            for offset, job in enumerate(jobs):
+                self._queue.insert(at + offset, job)
+        else:
+            self._queue.extend(jobs)
         self._wakeup.set()
         return list(await asyncio.gather(*(job.future for job in jobs)))
 

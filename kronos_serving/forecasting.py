@@ -1,0 +1,104 @@
+"""From validated request bodies to response bodies: the path every source of work shares.
+
+The sync routes, jobs, queue messages and backtests all call :meth:`ForecastRunner.run`: it
+picks each body's model variant, validates it (400 naming the field), submits the series to the
+variants at the caller's priority and turns the results into the sync response's JSON.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from kronos_runtime import InputError
+from kronos_runtime.engine import Priority
+
+from .batcher import QueueFull
+from .metrics import METRICS
+from .requests import to_forecast_request, to_response
+from .routing import choose
+from .schemas import SingleRequest
+from .settings import Settings
+from .tracing import tracer
+from .variants import Variant
+
+
+class RequestFailed(Exception):
+    """An error answered with ``status`` and a JSON body naming the field."""
+
+    def __init__(self, status: int, error: str, field: str | None = None,
+                 retry_after: int | None = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.field, self.retry_after = status, error, field, retry_after
+
+    def body(self, request_id: str) -> dict[str, Any]:
+        return {"error": self.error, "field": self.field, "request_id": request_id}
+
+
+def input_summary(bodies: list[SingleRequest]) -> dict[str, Any]:
+    """What a log may say about the input: counts, lengths and time ranges, never values."""
+    stamps = [b.timestamps for b in bodies if b.timestamps]
+    return {"series": len(bodies), "rows": [len(b.data) for b in bodies][:16],
+            "pred_len": [b.pred_len for b in bodies][:16],
+            "time_range": [min(s[0] for s in stamps), max(s[-1] for s in stamps)] if stamps else None}
+
+
+class ForecastRunner:
+    """The loaded variants (set once loading ends) and the shared forecast path over them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.variants: list[Variant] = []
+        self.load_error: str | None = None
+
+    def variant_for(self, body: SingleRequest) -> Variant:
+        if not self.variants:
+            raise RequestFailed(503, "model not loaded yet" if not self.load_error
+                                else f"model failed to load: {self.load_error}", retry_after=5)
+        return choose(self.variants, [v.weight for v in self.variants],
+                      [v.aliases for v in self.variants], body.model_version, body.sticky_key)
+
+    def check_batch_size(self, bodies: list[SingleRequest]) -> None:
+        if not bodies:
+            raise RequestFailed(400, "batch: must hold at least one item", "batch")
+        if len(bodies) > self.settings.max_batch_items:
+            raise RequestFailed(400, f"batch: {len(bodies)} items exceed the limit of "
+                                     f"{self.settings.max_batch_items}", "batch")
+
+    def prepare(self, bodies: list[SingleRequest], index_errors: bool) -> list[tuple]:
+        """(variant, runtime request, prepared series) per body; 400 naming the first bad field."""
+        if index_errors:
+            self.check_batch_size(bodies)
+        prepared = []
+        with tracer().start_as_current_span("validation", attributes={"kronos.series": len(bodies)}):
+            for i, body in enumerate(bodies):
+                try:
+                    variant = self.variant_for(body)
+                    request = to_forecast_request(body, self.settings)
+                    prepared.append((variant, request, variant.forecaster.prepare(request)))
+                except InputError as exc:
+                    field = f"batch[{i}].{exc.field}" if index_errors else exc.field
+                    raise RequestFailed(400, f"{field}: {exc.message}", field) from exc
+        return prepared
+
+    async def run(self, bodies: list[SingleRequest], request_id: str, index_errors: bool,
+                  priority: Priority = Priority.INTERACTIVE) -> list[dict[str, Any]]:
+        """Validate every body, forecast them at ``priority``; response bodies in input order."""
+        prepared = self.prepare(bodies, index_errors)
+        by_variant: dict[int, list[int]] = {}
+        for i, (variant, _, _) in enumerate(prepared):
+            by_variant.setdefault(id(variant), []).append(i)
+        results: list[Any] = [None] * len(bodies)
+        for indices in by_variant.values():
+            variant = prepared[indices[0]][0]
+            try:
+                outputs = await variant.batcher.submit([prepared[i][1:] for i in indices],
+                                                       priority=priority)
+            except QueueFull as exc:
+                raise RequestFailed(503, f"overloaded: {exc}", retry_after=1) from exc
+            with tracer().start_as_current_span("postprocess"):
+                for i, output in zip(indices, outputs):
+                    METRICS.series_length.labels(model_version=variant.version).observe(
+                        output.history_rows)
+                    METRICS.horizon.labels(model_version=variant.version).observe(len(output.mean))
+                    results[i] = to_response(output, bool(bodies[i].quantiles), variant.source.name,
+                                             variant.version, variant.device, request_id)
+        return results
