@@ -200,33 +200,30 @@ class SelfAttention(nn.Module):
 class OwnKV:
     """One layer's per-row keys/values after the shared prefix: a growing cache or one chunk.
 
-    With ``slot`` set (a one-element device tensor) the cache has a fixed shape: new keys are
-    written at that slot and the whole buffer is returned (masks hide unwritten slots), which is
-    what a captured CUDA graph needs.
+    With ``slots`` set (a device tensor [rows]: the slot each row writes next) the cache has a
+    fixed shape: each row's new key is written at its own slot and the whole buffer is returned
+    (masks hide slots not written yet). That is how the engine's decode batch, whose rows are at
+    different steps, feeds one position per row.
     """
 
     def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None,
-                 length: int = 0) -> None:
-        self.keys, self.values, self.length = keys, values, length
-        self.slot: torch.Tensor | None = None
+                 length: int = 0, slots: torch.Tensor | None = None) -> None:
+        self.keys, self.values, self.length, self.slots = keys, values, length, slots
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add new keys/values [rows, heads, n, dim]; returns all keys/values so far."""
         if self.keys is None:  # a chunk with no cache behind it
             return k, v
-        if self.slot is not None:
-            self.keys.index_copy_(2, self.slot, k)
-            self.values.index_copy_(2, self.slot, v)
+        if self.slots is not None:
+            rows = torch.arange(self.keys.shape[0], device=self.keys.device)
+            self.keys[rows, :, self.slots] = k[:, :, 0]
+            self.values[rows, :, self.slots] = v[:, :, 0]
             return self.keys, self.values
         end = self.length + k.shape[2]
         self.keys[:, :, self.length:end] = k
         self.values[:, :, self.length:end] = v
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
-
-    def keep(self, rows: torch.Tensor) -> None:
-        if self.keys is not None:
-            self.keys, self.values = self.keys[rows], self.values[rows]
 
 
 class RowGroups:

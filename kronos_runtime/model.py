@@ -178,11 +178,11 @@ def window_masks(prefix_len: torch.Tensor, positions: torch.Tensor, prefix_keys:
     Returns the shared-prefix mask [rows, prefix_keys] (a series' valid positions) and the
     own-cache mask over ``own_slots`` (own slot j holds position prefix_len + j), broadcastable
     to [rows, heads, 1, slots], or None when every own slot is visible. ``max_context`` (approximate
-    sliding) hides keys older than the window; ``written`` [slots] hides slots not written yet.
+    sliding) hides keys older than the window; ``written`` [rows, slots] hides slots not written yet.
     """
     keys = torch.arange(prefix_keys, device=prefix_len.device)
     prefix_mask = keys[None] < prefix_len[:, None]
-    own_mask = None if written is None else written[None, None, None, :]
+    own_mask = None if written is None else written[:, None, None, :]
     if max_context is not None:
         oldest = positions - max_context + 1  # oldest position still in the window
         prefix_mask = prefix_mask & (keys[None] >= oldest)
@@ -191,49 +191,70 @@ def window_masks(prefix_len: torch.Tensor, positions: torch.Tensor, prefix_keys:
     return prefix_mask, own_mask
 
 
+def causal_chunk_mask(start: int, length: int, device: torch.device) -> torch.Tensor:
+    """Mask [1, 1, length, start + length]: chunk position i sees cached keys and keys up to itself."""
+    keys = torch.arange(start + length, device=device)
+    return (keys[None] <= start + torch.arange(length, device=device)[:, None])[None, None]
+
+
 @dataclass
 class SharedPrefix:
-    """Keys/values of each series' prefilled window, shared by all of its sample paths."""
+    """Keys/values of each series' window, shared by all of its sample paths."""
 
     layers: list[tuple[torch.Tensor, torch.Tensor]]  # [series, heads, length, head_dim]
     context: tuple[torch.Tensor, torch.Tensor]       # s2 cross-attention keys/values
-    lengths: torch.Tensor                            # valid positions per series
-
-    @classmethod
-    def from_prefill(cls, model: KronosModel, states: torch.Tensor,
-                     layers: list[tuple[torch.Tensor, torch.Tensor]], lengths: torch.Tensor
-                     ) -> "SharedPrefix":
-        # Contiguous once here, so every decode step's matmuls read them in place (no copies).
-        context = tuple(t.contiguous() for t in model.context_keys_values(states))
-        return cls([(k.contiguous(), v.contiguous()) for k, v in layers], context, lengths)
-
-    def keep(self, series: torch.Tensor) -> "SharedPrefix":
-        return SharedPrefix([(k[series], v[series]) for k, v in self.layers],
-                            (self.context[0][series], self.context[1][series]), self.lengths[series])
 
 
+@dataclass
 class OwnCache:
-    """Per-row keys/values of generated tokens for every layer and the s2 context."""
+    """Per-row keys/values of fed tokens for every layer and the s2 context."""
 
-    def __init__(self, layers: list[OwnKV], context: OwnKV) -> None:
-        self.layers, self.context = layers, context
+    layers: list[OwnKV]
+    context: OwnKV
 
-    @classmethod
-    def allocate(cls, model: KronosModel, rows: int, capacity: int, device: torch.device,
-                 dtype: torch.dtype) -> "OwnCache":
-        cfg = model.config
 
-        def kv(heads: int) -> OwnKV:
-            shape = (rows, heads, capacity, cfg.d_model // heads)
-            return OwnKV(torch.zeros(shape, device=device, dtype=dtype),
-                         torch.zeros(shape, device=device, dtype=dtype))
-        return cls([kv(cfg.n_heads) for _ in range(cfg.n_layers)], kv(DEPENDENCY_HEADS))
+class KVBuffers:
+    """Key/value buffers [n, heads, capacity, head_dim] for every layer and for the s2 context.
 
-    @classmethod
-    def chunk(cls, model: KronosModel) -> "OwnCache":
-        """No cache: the fed chunk attends to itself only (plus the prefix)."""
-        return cls([OwnKV() for _ in range(model.config.n_layers)], OwnKV())
+    The engine keeps its decode batch and its window recomputations in these; views of them
+    serve as a shared prefix (:meth:`prefix`) or as a cache that chunks append to (:meth:`cache`).
+    """
 
-    def keep(self, rows: torch.Tensor) -> None:
-        for kv in (*self.layers, self.context):
-            kv.keep(rows)
+    def __init__(self, model: KronosModel, n: int, capacity: int) -> None:
+        cfg, device, dtype = model.config, model.device, model.dtype
+
+        def pair(heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+            shape = (n, heads, capacity, cfg.d_model // heads)
+            return (torch.zeros(shape, device=device, dtype=dtype),
+                    torch.zeros(shape, device=device, dtype=dtype))
+        self.layers = [pair(cfg.n_heads) for _ in range(cfg.n_layers)]
+        self.context = pair(DEPENDENCY_HEADS)
+        self.n, self.capacity = n, capacity
+
+    def all(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [*self.layers, self.context]
+
+    def prefix(self, rows: slice, length: int | None = None) -> SharedPrefix:
+        """Views of ``rows`` (up to ``length`` positions) as a shared prefix."""
+        cut = slice(None, length)
+        return SharedPrefix([(k[rows, :, cut], v[rows, :, cut]) for k, v in self.layers],
+                            (self.context[0][rows, :, cut], self.context[1][rows, :, cut]))
+
+    def cache(self, rows: slice, length: int = 0, slots: torch.Tensor | None = None) -> OwnCache:
+        """Views of ``rows`` that fed chunks append to (from ``length``), or write at ``slots``."""
+        def view(pair: tuple[torch.Tensor, torch.Tensor]) -> OwnKV:
+            return OwnKV(pair[0][rows], pair[1][rows], length=length, slots=slots)
+        return OwnCache([view(p) for p in self.layers], view(self.context))
+
+    def copy_row(self, source: int, target: int) -> None:
+        for k, v in self.all():
+            k[target] = k[source]
+            v[target] = v[source]
+
+    def grown(self, model: KronosModel, n: int, capacity: int) -> "KVBuffers":
+        """New buffers of at least this size holding the current contents."""
+        bigger = KVBuffers(model, max(n, self.n), max(capacity, self.capacity))
+        for (k, v), (nk, nv) in zip(self.all(), bigger.all()):
+            nk[:self.n, :, :self.capacity] = k
+            nv[:self.n, :, :self.capacity] = v
+        return bigger

@@ -7,7 +7,6 @@ import pytest
 
 from conftest import TEST_DEVICE, make_candles, reference_forecast
 from kronos_runtime import ForecastRequest, KronosForecaster, SamplingParams
-from kronos_runtime.static_steps import StaticSteps
 
 GREEDY = SamplingParams(top_k=1)
 
@@ -101,32 +100,3 @@ def test_approximate_sliding_is_exact_until_the_window_slides(tiny_checkpoint):
     # Steps 0..10 see at most 50 tokens: identical. Later steps may differ but stay finite.
     np.testing.assert_allclose(approx.mean.to_numpy()[:11], exact.mean.to_numpy()[:11], rtol=1e-5)
     assert np.isfinite(approx.mean.to_numpy()).all()
-
-
-STEP_MODES = ["static"] + (["graphs"] if TEST_DEVICE.startswith("cuda") else [])
-
-
-@pytest.mark.parametrize("steps_mode", STEP_MODES)
-@pytest.mark.parametrize("sliding,max_context", [("exact", 64), ("approximate", 48)])
-def test_fixed_shape_steps_equal_eager_steps(tiny_checkpoint, monkeypatch, steps_mode, sliding,
-                                             max_context):
-    """The fixed-shape steps (CUDA graphs on a GPU) sample the same tokens as eager decoding,
-    for a ragged batch with sampling, and hand over to eager steps when an exact window slides."""
-    handed_over_at = []
-    decode = StaticSteps.decode
-
-    def spy(self, sampler, until, on_step):
-        handed_over_at.append(until)
-        return decode(self, sampler, until, on_step)
-    monkeypatch.setattr(StaticSteps, "decode", spy)
-    requests = ragged_requests([30, 45, 40, 20], data_seed=200)
-
-    def run(mode):
-        return KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE,
-                                                max_context=max_context, sliding=sliding,
-                                                steps_mode=mode).forecast(requests)
-    eager, fixed = run("eager"), run(steps_mode)
-    # exact: the 45-row series slides at step 64 - 45 + 1 = 20; approximate never hands over
-    assert handed_over_at == [20 if sliding == "exact" else 40]
-    for a, b in zip(eager, fixed):
-        np.testing.assert_allclose(b.samples, a.samples, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,13 @@
-"""The forecast engine: continuous (step-level) batching of Kronos forecasts across requests."""
-from .priority import Priority
+"""The forecast engine: continuous (step-level) batching of Kronos forecasts across requests.
 
-__all__ = ["Priority"]
+- :mod:`.scheduler`: who runs this step (admission, priorities, the per-step chunk budget);
+- :mod:`.executor`: the model math (per-series chunks, one batched decode step);
+- :mod:`.batch`: the persistent decode batch (prefix slots and own caches);
+- :mod:`.engine`: the step loop tying them together, and the futures callers wait on.
+"""
+from .engine import Engine, StepStats
+from .priority import Priority
+from .scheduler import EngineLimits
+from .sequence import Cancelled
+
+__all__ = ["Cancelled", "Engine", "EngineLimits", "Priority", "StepStats"]

@@ -1,0 +1,114 @@
+"""Who runs this step: admission of waiting series and the per-step budget of chunked work.
+
+Every step the decode batch advances all of its rows by one position (nothing admitted is ever
+starved of decode steps). Around that, the scheduler
+
+- admits waiting series while the live bounds allow (``max_live_series`` series holding a prefix
+  slot or in flight, ``max_live_rows`` sample paths), interactive before background, oldest first;
+  background series that waited ``starvation_s`` count as interactive; background work may hold
+  at most ``background_share`` of the live rows, so interactive requests always find room;
+- hands out chunks of per-series work (tokenizer encode, window prefill, exact-mode window
+  recomputation, tokenizer decode) until ``step_tokens`` model-token equivalents are planned,
+  ordered by priority, then phase (finishing work first, then new work, then recomputations),
+  then age. At most ``max_recomputing`` series hold recomputation buffers at once.
+
+The bound on one step: one decode position per live row plus at most ``step_tokens`` chunked
+tokens (a single chunk is at most ``chunk_tokens`` positions, or a bounded tokenizer call).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .priority import Priority
+from .sequence import Phase, Sequence
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """Bounds of the engine; see the module docstring."""
+
+    max_live_series: int = 64
+    max_live_rows: int = 256
+    chunk_tokens: int = 128
+    step_tokens: int = 256
+    max_recomputing: int = 2
+    starvation_s: float = 30.0
+    background_share: float = 0.75
+
+    def __post_init__(self) -> None:
+        if min(self.max_live_series, self.max_live_rows, self.chunk_tokens, self.step_tokens,
+               self.max_recomputing) < 1:
+            raise ValueError("engine limits must be at least 1")
+        if not 0 < self.background_share <= 1:
+            raise ValueError("background_share must be in (0, 1]")
+
+
+PHASE_RANK = {Phase.DETOKENIZE: 0, Phase.ENCODE: 1, Phase.PREFILL: 1, Phase.RECOMPUTE: 2}
+
+
+@dataclass
+class StepPlan:
+    admit: list[Sequence] = field(default_factory=list)
+    chunks: list[Sequence] = field(default_factory=list)  # one chunk each, in this order
+    chunk_tokens: int = 0
+
+
+class Scheduler:
+    """Plans each step from the waiting queue and the live series."""
+
+    def __init__(self, limits: EngineLimits, chunk_cost) -> None:
+        self.limits = limits
+        self.chunk_cost = chunk_cost  # Sequence -> model-token equivalents of its next chunk
+        self.waiting: list[Sequence] = []
+
+    def order(self, seq: Sequence, now: float) -> tuple:
+        return (seq.effective_priority(now, self.limits.starvation_s), seq.submitted, seq.id)
+
+    def plan(self, live: list[Sequence], now: float | None = None) -> StepPlan:
+        now = time.monotonic() if now is None else now
+        plan = StepPlan()
+        self._admit(plan, live, now)
+        self._chunks(plan, live + plan.admit, now)
+        return plan
+
+    def _admit(self, plan: StepPlan, live: list[Sequence], now: float) -> None:
+        limits = self.limits
+        rows = sum(s.paths for s in live)
+        background = sum(s.paths for s in live if s.priority != Priority.INTERACTIVE)
+        series = len(live)
+        for seq in sorted(self.waiting, key=lambda s: self.order(s, now)):
+            if series >= limits.max_live_series:
+                break
+            fits = rows + seq.paths <= limits.max_live_rows or rows == 0  # an oversized one runs alone
+            if not fits:
+                break  # head of line waits: a large request is not overtaken forever
+            if (seq.effective_priority(now, limits.starvation_s) != Priority.INTERACTIVE
+                    and background + seq.paths > limits.background_share * limits.max_live_rows
+                    and rows > 0):
+                continue
+            plan.admit.append(seq)
+            rows += seq.paths
+            series += 1
+            if seq.priority != Priority.INTERACTIVE:
+                background += seq.paths
+        admitted = set(map(id, plan.admit))
+        self.waiting = [s for s in self.waiting if id(s) not in admitted]
+
+    def _chunks(self, plan: StepPlan, live: list[Sequence], now: float) -> None:
+        limits = self.limits
+        pending = [s for s in live if s.phase in PHASE_RANK]
+        recomputing = sum(1 for s in pending if s.phase == Phase.RECOMPUTE and s.recompute is not None
+                          and s.recompute.buffers is not None)
+        pending.sort(key=lambda s: (s.effective_priority(now, limits.starvation_s),
+                                    PHASE_RANK[s.phase], s.submitted, s.id))
+        for seq in pending:
+            if seq.phase == Phase.RECOMPUTE and (seq.recompute is None or seq.recompute.buffers is None):
+                if recomputing >= limits.max_recomputing:
+                    continue
+                recomputing += 1
+            cost = self.chunk_cost(seq)
+            if plan.chunks and plan.chunk_tokens + cost > limits.step_tokens:
+                break
+            plan.chunks.append(seq)
+            plan.chunk_tokens += cost
