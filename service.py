@@ -1,8 +1,8 @@
 """Kronos forecasting service (BentoML 1.4).
 
 Routes: POST /v1/predict/single, POST /v1/predict/batch, GET /v1/healthz, /v1/readyz, /v1/metrics
-(plus BentoML's own /healthz, /readyz, /metrics). Every request goes through the variant's
-batcher, so concurrent requests run as one ragged runtime call. Run: ``make serve``.
+(plus BentoML's own /healthz, /readyz, /metrics). Every request goes through its variant's
+engine (continuous batching: concurrent requests share every decode step). Run: ``make serve``.
 """
 from __future__ import annotations
 

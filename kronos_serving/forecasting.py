@@ -11,7 +11,7 @@ from typing import Any
 from kronos_runtime import InputError
 from kronos_runtime.engine import Priority
 
-from .batcher import QueueFull
+from .engine_client import QueueFull
 from .metrics import METRICS
 from .requests import to_forecast_request, to_response
 from .routing import choose
@@ -90,8 +90,8 @@ class ForecastRunner:
         for indices in by_variant.values():
             variant = prepared[indices[0]][0]
             try:
-                outputs = await variant.batcher.submit([prepared[i][1:] for i in indices],
-                                                       priority=priority)
+                outputs = await variant.engine.submit([prepared[i][1:] for i in indices],
+                                                      priority=priority)
             except QueueFull as exc:
                 raise RequestFailed(503, f"overloaded: {exc}", retry_after=1) from exc
             with tracer().start_as_current_span("postprocess"):

@@ -11,6 +11,8 @@ import bentoml
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+ROWS_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 LENGTH_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -35,16 +37,45 @@ class Metrics:
 
     @cached_property
     def inference_duration(self):
-        return _histogram("kronos_inference_duration_seconds", "Runtime call duration", LATENCY_BUCKETS)
+        return _histogram("kronos_inference_duration_seconds",
+                          "Time a series spent in the engine, admission to answer", LATENCY_BUCKETS)
 
     @cached_property
     def batch_size(self):
-        return _histogram("kronos_batch_size", "Series per runtime call", SIZE_BUCKETS)
+        return _histogram("kronos_batch_size", "Series advanced by one engine decode step",
+                          SIZE_BUCKETS)
 
     @cached_property
     def queue_wait(self):
-        return _histogram("kronos_queue_wait_seconds", "Time a series waited for its batch",
-                          LATENCY_BUCKETS)
+        return _histogram("kronos_queue_wait_seconds",
+                          "Time a series waited for admission to the engine", LATENCY_BUCKETS)
+
+    @cached_property
+    def engine_step(self):
+        return _histogram("kronos_engine_step_seconds", "Duration of one engine step", STEP_BUCKETS)
+
+    @cached_property
+    def live_rows(self):
+        return _histogram("kronos_engine_live_rows", "Sample paths live in the engine, per step",
+                          ROWS_BUCKETS)
+
+    @cached_property
+    def admissions(self):
+        return bentoml.metrics.Counter(name="kronos_engine_admissions",
+                                       documentation="Series admitted to the engine",
+                                       labelnames=["model_version"])
+
+    @cached_property
+    def completions(self):
+        return bentoml.metrics.Counter(name="kronos_engine_completions",
+                                       documentation="Series answered by the engine",
+                                       labelnames=["model_version"])
+
+    @cached_property
+    def queued_series(self):
+        return bentoml.metrics.Gauge(
+            name="kronos_queued_series", documentation="Series submitted and not answered yet",
+            labelnames=["model_version"], multiprocess_mode="livesum")
 
     @cached_property
     def model_load(self):

@@ -41,7 +41,12 @@ class Settings:
     default_sample_count: int = 1
     max_batch_series: int = 64
     max_batch_rows: int = 256
-    max_wait_ms: float = 5.0
+    batching: str = "continuous"
+    chunk_tokens: int = 128
+    step_tokens: int = 256
+    max_recomputing: int = 2
+    starvation_s: float = 30.0
+    background_share: float = 0.75
     max_queue: int = 1024
     workers: int = 1
     cpu: int = 2
@@ -117,6 +122,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 def check(settings: Settings) -> Settings:
     """Fail fast on contradictory settings (a default past its own limit)."""
+    if settings.batching not in ("continuous", "request"):
+        raise ValueError(f"setting batching: 'continuous' or 'request', got {settings.batching!r}")
     for default, limit in (("default_pred_len", "max_pred_len"),
                            ("default_sample_count", "max_sample_count")):
         if getattr(settings, default) > getattr(settings, limit):

@@ -5,7 +5,6 @@ from typing import Any
 
 from opentelemetry import trace
 
-from .batcher import BatchStats
 from .settings import Settings
 
 
@@ -29,16 +28,18 @@ def tracer() -> trace.Tracer:
         return trace.get_tracer("kronos")
 
 
-def record_batch_spans(stats: BatchStats, model_version: str) -> None:
-    """Per request in the batch: its queue wait and the batch inference it shared."""
+def record_engine_spans(future, trace_context, model_version: str) -> None:
+    """For one answered series: its wait for admission and its time in the engine."""
+    timing = getattr(future, "timing", None)
+    if timing is None or timing[1] is None or future.cancelled():
+        return
+    submitted, admitted, finished = timing
     spans = tracer()
-    for job in stats.jobs:
-        attributes = {"kronos.model_version": model_version, "kronos.batch_size": stats.series,
-                      "kronos.batch_rows": stats.rows}
-        spans.start_span("queue_wait", context=job.trace_context, start_time=job.queued_ns,
-                         attributes=attributes).end(end_time=stats.started_ns)
-        span = spans.start_span("batch_inference", context=job.trace_context,
-                                start_time=stats.started_ns, attributes=attributes)
-        if stats.failed:
-            span.set_status(trace.Status(trace.StatusCode.ERROR, "runtime call failed"))
-        span.end(end_time=stats.ended_ns)
+    attributes = {"kronos.model_version": model_version}
+    spans.start_span("queue_wait", context=trace_context, start_time=submitted,
+                     attributes=attributes).end(end_time=admitted)
+    span = spans.start_span("engine", context=trace_context, start_time=admitted,
+                            attributes=attributes)
+    if future.exception() is not None:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, type(future.exception()).__name__))
+    span.end(end_time=finished)

@@ -1,4 +1,4 @@
-"""Which models to serve: resolve settings to model sources, load them, one batcher each."""
+"""Which models to serve: resolve settings to model sources, load them, one engine each."""
 from __future__ import annotations
 
 import logging
@@ -12,13 +12,14 @@ import torch
 
 from kronos_runtime import CheckpointError, ForecastRequest, KronosForecaster, SamplingParams
 from kronos_runtime.dev_checkpoint import MAX_CONTEXT, write_pair
+from kronos_runtime.engine import EngineLimits
 
-from .batcher import Batcher, BatchStats
+from .engine_client import EngineClient, step_recorder
 from .metrics import METRICS
 from .model_store import ModelSource, import_model, store_source
 from .routing import parse_variants
 from .settings import Settings
-from .tracing import record_batch_spans
+from .tracing import record_engine_spans
 
 log = logging.getLogger("kronos.models")
 
@@ -31,12 +32,12 @@ FALLBACK_CONTEXT = 512
 
 @dataclass
 class Variant:
-    """A loaded model variant with its own batch queue."""
+    """A loaded model variant with its own engine."""
 
     source: ModelSource
     weight: float
     forecaster: KronosForecaster
-    batcher: Batcher
+    engine: EngineClient
     device: str
     load_seconds: float
 
@@ -126,7 +127,7 @@ def warm_up(forecaster: KronosForecaster) -> None:
 
 
 def load_variant(settings: Settings, source: ModelSource, weight: float) -> Variant:
-    """Load one source and give it a batcher."""
+    """Load one source and start its engine."""
     started = time.perf_counter()
     device = settings.device
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -140,18 +141,22 @@ def load_variant(settings: Settings, source: ModelSource, weight: float) -> Vari
     seconds = time.perf_counter() - started
     version = source.version
 
-    def record(stats: BatchStats) -> None:
-        METRICS.batch_size.labels(model_version=version).observe(stats.series)
-        METRICS.inference_duration.labels(model_version=version).observe(stats.seconds)
-        for wait in stats.queue_waits:
-            METRICS.queue_wait.labels(model_version=version).observe(wait)
-        record_batch_spans(stats, version)
-
-    batcher = Batcher(forecaster, settings.max_batch_series, settings.max_batch_rows,
-                      settings.max_wait_ms / 1000, settings.max_queue, on_batch=record)
+    engine = EngineClient(forecaster.engine(engine_limits(settings), on_step=step_recorder(version)),
+                          settings.max_queue,
+                          on_done=lambda future, context: record_engine_spans(future, context, version))
     METRICS.model_load.labels(model_version=version).observe(seconds)
     METRICS.model_info.labels(model=source.name, version=version, device=device).set(1)
     log.info("model loaded", extra={"event": "model_loaded", "model": source.name,
                                     "model_version": version, "device": device,
                                     "load_seconds": round(seconds, 3), "dev": source.is_dev})
-    return Variant(source, weight, forecaster, batcher, device, seconds)
+    return Variant(source, weight, forecaster, engine, device, seconds)
+
+
+def engine_limits(settings: Settings) -> EngineLimits:
+    """The engine's bounds from the settings (``max_batch_*`` bound the live series and rows)."""
+    return EngineLimits(max_live_series=settings.max_batch_series,
+                        max_live_rows=settings.max_batch_rows, chunk_tokens=settings.chunk_tokens,
+                        step_tokens=settings.step_tokens, max_recomputing=settings.max_recomputing,
+                        starvation_s=settings.starvation_s,
+                        background_share=settings.background_share,
+                        request_level=settings.batching == "request")

@@ -31,6 +31,7 @@ from .sequence import Cancelled, Phase, Sequence
 log = logging.getLogger("kronos.engine")
 
 TOKENIZER_COST = 0.1  # a tokenizer position costs about a tenth of a model position
+CHUNKED = (Phase.ENCODE, Phase.PREFILL, Phase.RECOMPUTE, Phase.DETOKENIZE)
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Engine:
                  on_step: Callable[[StepStats], None] | None = None) -> None:
         self.limits = limits or EngineLimits()
         self.executor = Executor(model, tokenizer, max_context, sliding, self.limits.chunk_tokens)
-        self.scheduler = Scheduler(self.limits, self.chunk_cost)
+        self.scheduler = Scheduler(self.limits)
         self.batch = DecodeBatch(model)
         self.device = model.device
         self.live: list[Sequence] = []
@@ -140,15 +141,8 @@ class Engine:
         for seq in plan.admit:
             self._admit(seq)
         completed: list[Sequence] = []
-        for seq in plan.chunks:
-            if seq.phase in (Phase.DONE,) or seq.future.done():
-                continue
-            try:
-                self._run_chunk(seq)
-            except Exception as exc:
-                failed += self._fail(seq, exc)
-                continue
-            self._advance(seq, completed)
+        spent, failed_chunks = self._run_chunks(plan.chunks, completed)
+        failed += failed_chunks
         decoding = self.batch.decoding()
         decoded_rows = self.batch.n_rows
         if decoding:
@@ -156,12 +150,32 @@ class Engine:
         self.steps += 1
         stats = StepStats(seconds=time.perf_counter() - started, decoded_rows=decoded_rows,
                           decoded_series=len(decoding), live_rows=sum(s.paths for s in self.live),
-                          live_series=len(self.live), chunk_tokens=plan.chunk_tokens,
+                          live_series=len(self.live), chunk_tokens=spent,
                           admitted=plan.admit, completed=completed, failed=failed,
                           waiting=self.waiting)
         if self.on_step:
             self.on_step(stats)
         return stats
+
+    def _run_chunks(self, order: list[Sequence], completed: list[Sequence]) -> tuple[int, int]:
+        """Chunks of the ordered series until ``step_tokens`` are spent (at least one chunk)."""
+        budget = float("inf") if self.limits.request_level else self.limits.step_tokens
+        spent = failed = 0
+        for seq in order:
+            while seq.phase in CHUNKED and not seq.future.done():
+                cost = self.chunk_cost(seq)
+                if spent and spent + cost > budget:
+                    return spent, failed
+                spent += cost
+                try:
+                    self._run_chunk(seq)
+                except Exception as exc:
+                    failed += self._fail(seq, exc)
+                    break
+                self._advance(seq, completed)
+                if seq.phase == Phase.RECOMPUTE and seq.recompute is None:
+                    break  # one recomputed step per series per step: decode rows go first
+        return spent, failed
 
     def chunk_cost(self, seq: Sequence) -> int:
         """Model-token equivalents of ``seq``'s next chunk (for the step budget)."""
@@ -176,7 +190,7 @@ class Engine:
         return ex.chunk_tokens  # a recomputation chunk: history chunk or paths x tokens per path
 
     def _admit(self, seq: Sequence) -> None:
-        seq.admitted = time.monotonic()
+        seq.admitted, seq.admitted_ns = time.monotonic(), time.time_ns()
         seq.generator = torch.Generator(device=self.device).manual_seed(seq.seed)
         prepared = seq.prepared
         seq.history_stamps = torch.from_numpy(prepared.history_stamps).to(self.device)
@@ -243,6 +257,7 @@ class Engine:
         self.live.remove(seq)
         result = build_result(seq.prepared, seq.request, seq.paths_out, seq.seed)
         self._release_tensors(seq)
+        seq.stamp_timing()
         if not seq.future.done():
             try:
                 seq.future.set_result(result)
@@ -260,6 +275,7 @@ class Engine:
             self.batch.remove_series(seq)
         seq.phase = Phase.DONE
         self._release_tensors(seq)
+        seq.stamp_timing()
         if not seq.future.done():
             try:
                 seq.future.set_exception(exc)

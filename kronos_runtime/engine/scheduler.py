@@ -7,10 +7,11 @@ starved of decode steps). Around that, the scheduler
   slot or in flight, ``max_live_rows`` sample paths), interactive before background, oldest first;
   background series that waited ``starvation_s`` count as interactive; background work may hold
   at most ``background_share`` of the live rows, so interactive requests always find room;
-- hands out chunks of per-series work (tokenizer encode, window prefill, exact-mode window
-  recomputation, tokenizer decode) until ``step_tokens`` model-token equivalents are planned,
-  ordered by priority, then phase (finishing work first, then new work, then recomputations),
-  then age. At most ``max_recomputing`` series hold recomputation buffers at once.
+- orders the series with chunked work (tokenizer encode, window prefill, exact-mode window
+  recomputation, tokenizer decode) by priority, then phase (finishing work first, then new
+  work, then recomputations), then age; the engine runs their chunks in that order until the
+  step's ``step_tokens`` model-token equivalents are spent. At most ``max_recomputing`` series
+  hold recomputation buffers at once.
 
 The bound on one step: one decode position per live row plus at most ``step_tokens`` chunked
 tokens (a single chunk is at most ``chunk_tokens`` positions, or a bounded tokenizer call).
@@ -35,6 +36,7 @@ class EngineLimits:
     max_recomputing: int = 2
     starvation_s: float = 30.0
     background_share: float = 0.75
+    request_level: bool = False  # the old batcher, for comparison: admit only when idle
 
     def __post_init__(self) -> None:
         if min(self.max_live_series, self.max_live_rows, self.chunk_tokens, self.step_tokens,
@@ -50,16 +52,14 @@ PHASE_RANK = {Phase.DETOKENIZE: 0, Phase.ENCODE: 1, Phase.PREFILL: 1, Phase.RECO
 @dataclass
 class StepPlan:
     admit: list[Sequence] = field(default_factory=list)
-    chunks: list[Sequence] = field(default_factory=list)  # one chunk each, in this order
-    chunk_tokens: int = 0
+    chunks: list[Sequence] = field(default_factory=list)  # chunked work, best first
 
 
 class Scheduler:
     """Plans each step from the waiting queue and the live series."""
 
-    def __init__(self, limits: EngineLimits, chunk_cost) -> None:
+    def __init__(self, limits: EngineLimits) -> None:
         self.limits = limits
-        self.chunk_cost = chunk_cost  # Sequence -> model-token equivalents of its next chunk
         self.waiting: list[Sequence] = []
 
     def order(self, seq: Sequence, now: float) -> tuple:
@@ -74,6 +74,8 @@ class Scheduler:
 
     def _admit(self, plan: StepPlan, live: list[Sequence], now: float) -> None:
         limits = self.limits
+        if limits.request_level and live:
+            return
         rows = sum(s.paths for s in live)
         background = sum(s.paths for s in live if s.priority != Priority.INTERACTIVE)
         series = len(live)
@@ -96,6 +98,7 @@ class Scheduler:
         self.waiting = [s for s in self.waiting if id(s) not in admitted]
 
     def _chunks(self, plan: StepPlan, live: list[Sequence], now: float) -> None:
+        """Series with chunked work, in the order they get the step's token budget."""
         limits = self.limits
         pending = [s for s in live if s.phase in PHASE_RANK]
         recomputing = sum(1 for s in pending if s.phase == Phase.RECOMPUTE and s.recompute is not None
@@ -107,8 +110,4 @@ class Scheduler:
                 if recomputing >= limits.max_recomputing:
                     continue
                 recomputing += 1
-            cost = self.chunk_cost(seq)
-            if plan.chunks and plan.chunk_tokens + cost > limits.step_tokens:
-                break
             plan.chunks.append(seq)
-            plan.chunk_tokens += cost

@@ -54,7 +54,9 @@ class Sequence:
     deadline: float | None = None      # time.monotonic() past which it fails with TimeoutError
     id: int = field(default_factory=lambda: next(_ids))
     submitted: float = field(default_factory=time.monotonic)
+    submitted_ns: int = field(default_factory=time.time_ns)  # wall clock, for trace spans
     admitted: float | None = None
+    admitted_ns: int | None = None
     phase: Phase = Phase.WAITING
     # set at admission
     generator: torch.Generator | None = None
@@ -93,6 +95,10 @@ class Sequence:
         if self.priority != Priority.INTERACTIVE and now - self.submitted >= starvation_s:
             return Priority.INTERACTIVE
         return self.priority
+
+    def stamp_timing(self) -> None:
+        """Attach (submitted, admitted, finished) wall-clock ns to the future, for trace spans."""
+        self.future.timing = (self.submitted_ns, self.admitted_ns, time.time_ns())
 
     def gone(self, now: float) -> BaseException | None:
         """Why this sequence must stop now (cancelled or past its deadline), else None."""

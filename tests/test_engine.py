@@ -1,0 +1,216 @@
+"""The engine: continuous batching gives every request the result it gets alone, frees the rows
+of cancelled, expired and failing series at the next step, bounds each step's work and admits
+interactive work before background work."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from conftest import TEST_DEVICE, make_candles
+from kronos_runtime import ForecastRequest, KronosForecaster, SamplingParams
+from kronos_runtime.engine import Cancelled, EngineLimits, Priority
+from kronos_serving.engine_client import EngineClient, QueueFull
+
+GREEDY = SamplingParams(top_k=1)
+
+
+@pytest.fixture(scope="module", params=["exact", "approximate"])
+def forecaster(tiny_checkpoint, request):
+    return KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE, max_context=48,
+                                            sliding=request.param)
+
+
+def mixed_requests() -> list[ForecastRequest]:
+    """Ragged lengths (some past the 48-token context), horizons that slide or not, greedy and
+    seeded sampling with several paths, quantiles."""
+    shapes = [(30, 5, GREEDY), (70, 9, SamplingParams(top_p=0.9, sample_count=3, seed=11)),
+              (40, 20, SamplingParams(top_k=20, temperature=1.3, sample_count=2, seed=12)),
+              (20, 12, SamplingParams(top_k=1, sample_count=2)), (45, 3, SamplingParams(seed=13)),
+              (25, 30, SamplingParams(top_p=0.95, sample_count=4, seed=14))]
+    requests = []
+    for i, (rows, horizon, sampling) in enumerate(shapes):
+        frame, stamps = make_candles(rows, seed=300 + i)
+        requests.append(ForecastRequest(frame, horizon, timestamps=stamps, sampling=sampling,
+                                        quantiles=[0.1, 0.9], return_samples=True))
+    return requests
+
+
+def test_staggered_admission_gives_the_result_of_running_alone(forecaster):
+    """Requests join at different steps, mid-way through others' decoding, prefills and window
+    recomputations, with small chunks: every result equals running it alone, number for number."""
+    requests = mixed_requests()
+    alone = [forecaster.forecast([r])[0] for r in requests]
+    engine = forecaster.engine(EngineLimits(chunk_tokens=16, step_tokens=32))
+    futures, arrivals = [], {0: [0, 1], 2: [2], 5: [3], 6: [4], 11: [5]}
+    step = 0
+    while engine.has_work() or step <= max(arrivals):
+        for i in arrivals.get(step, []):
+            futures.append((i, engine.submit(requests[i], forecaster.prepare(requests[i]))))
+        engine.step()
+        step += 1
+    assert len(futures) == len(requests)
+    for i, future in futures:
+        together = future.result()
+        np.testing.assert_array_equal(together.samples, alone[i].samples)
+        np.testing.assert_array_equal(together.mean.to_numpy(), alone[i].mean.to_numpy())
+        if requests[i].sampling.seed is not None:
+            assert together.seed == alone[i].seed == requests[i].sampling.seed
+
+
+def test_results_do_not_depend_on_what_shares_the_step(forecaster):
+    """The same seeded request, alone and beside different company, gives identical numbers."""
+    target = mixed_requests()[1]
+    others = mixed_requests()
+    first = forecaster.forecast([target])[0]
+    crowded = forecaster.forecast([others[2], target, others[5], others[0]])[1]
+    np.testing.assert_array_equal(crowded.samples, first.samples)
+
+
+def long_request(rows=40, horizon=40, paths=2):
+    frame, stamps = make_candles(rows, seed=7)
+    return ForecastRequest(frame, horizon, timestamps=stamps,
+                           sampling=SamplingParams(sample_count=paths, seed=1))
+
+
+def short_request(seed=8):
+    frame, stamps = make_candles(20, seed=seed)
+    return ForecastRequest(frame, 3, timestamps=stamps, sampling=GREEDY)
+
+
+def test_cancelled_and_expired_series_free_their_rows_at_the_next_step(forecaster):
+    engine = forecaster.engine()
+    cancelled = engine.submit(long_request(), forecaster.prepare(long_request()))
+    for _ in range(6):
+        engine.step()
+    assert engine.batch.n_rows == 2 or engine.live[0].phase.value == "recompute"
+    cancelled.cancel()
+    expired = engine.submit(long_request(), forecaster.prepare(long_request()),
+                            deadline=time.monotonic() + 0.05)
+    engine.step()
+    assert engine.batch.n_rows + engine.batch.n_series <= 2 and cancelled.cancelled()
+    time.sleep(0.1)
+    later = engine.submit(short_request(), forecaster.prepare(short_request()))
+    engine.step()
+    with pytest.raises(TimeoutError):
+        expired.result(timeout=0)
+    engine.run_until_idle()
+    assert later.result().mean.shape == (3, 6)
+    assert engine.batch.n_rows == 0 and engine.batch.n_series == 0 and not engine.live
+
+
+def test_a_failing_series_fails_only_its_request(forecaster):
+    requests = [short_request(1), long_request(), short_request(2), long_request(30, 12, 3)]
+    alone = [forecaster.forecast([r])[0] for r in requests]
+    engine = forecaster.engine()
+    fail_in_prefill, fail_in_sampling = requests[1], requests[3]
+    prefill, sample = engine.executor.prefill_chunk, engine.executor.sample
+
+    def broken_prefill(seq, batch):
+        if seq.request is fail_in_prefill:
+            raise MemoryError("simulated: out of memory in this series' prefill")
+        return prefill(seq, batch)
+
+    def broken_sample(logits, seq):
+        if seq.request is fail_in_sampling and seq.steps_done >= 4:
+            raise RuntimeError("simulated: probability tensor contains nan")
+        return sample(logits, seq)
+    engine.executor.prefill_chunk, engine.executor.sample = broken_prefill, broken_sample
+    futures = [engine.submit(r, forecaster.prepare(r)) for r in requests]
+    engine.run_until_idle()
+    with pytest.raises(MemoryError):
+        futures[1].result()
+    with pytest.raises(RuntimeError, match="nan"):
+        futures[3].result()
+    for i in (0, 2):
+        np.testing.assert_array_equal(futures[i].result().samples, alone[i].samples)
+    assert engine.batch.n_rows == 0 and not engine.live
+
+
+def test_each_step_stays_within_its_token_budget_and_decoding_never_stalls(forecaster):
+    engine = forecaster.engine(EngineLimits(chunk_tokens=8, step_tokens=16))
+    decoding = engine.submit(long_request(20, 30, 1), forecaster.prepare(long_request(20, 30, 1)))
+    while not engine.batch.n_rows:
+        engine.step()
+    seq = engine.live[0]
+    big = long_request(48, 5, 4)  # a full window to prefill: 6 chunks of 8
+    engine.submit(big, forecaster.prepare(big))
+    budgets = []
+    while engine.has_work():
+        before = seq.steps_done
+        stats = engine.step()
+        budgets.append(stats.chunk_tokens)
+        if seq in engine.batch.decoding() or stats.decoded_rows and seq.steps_done < seq.horizon:
+            assert seq.steps_done in (before, before + 1)
+    assert max(budgets) <= 16 and sum(budgets) >= 48
+    assert decoding.result().mean.shape == (30, 6)
+
+
+def test_interactive_work_is_admitted_before_background_work(tiny_checkpoint):
+    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE)
+    engine = forecaster.engine(EngineLimits(max_live_series=1))
+    order = []
+    futures = {}
+    for name, priority in (("background-1", Priority.BACKGROUND), ("background-2", Priority.BACKGROUND),
+                           ("interactive", Priority.INTERACTIVE)):
+        request = short_request()
+        futures[name] = engine.submit(request, forecaster.prepare(request), priority)
+        futures[name].add_done_callback(lambda _, n=name: order.append(n))
+    engine.run_until_idle()
+    assert order == ["interactive", "background-1", "background-2"]
+
+
+def test_background_work_leaves_room_and_does_not_starve(tiny_checkpoint):
+    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE)
+    engine = forecaster.engine(EngineLimits(max_live_rows=4, background_share=0.5))
+    for _ in range(4):
+        engine.submit(short_request(), forecaster.prepare(short_request()), Priority.BACKGROUND)
+    engine.step()
+    assert sum(s.paths for s in engine.live) == 2  # half the rows stay free for interactive work
+    starving = forecaster.engine(EngineLimits(max_live_series=1, starvation_s=0.0))
+    order = []
+    for name, priority in (("background", Priority.BACKGROUND), ("interactive", Priority.INTERACTIVE)):
+        future = starving.submit(short_request(), forecaster.prepare(short_request()), priority)
+        future.add_done_callback(lambda _, n=name: order.append(n))
+    starving.run_until_idle()
+    assert order == ["background", "interactive"]  # waited past starvation_s: its turn came
+
+
+def test_request_level_mode_admits_only_when_idle(tiny_checkpoint):
+    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE)
+    engine = forecaster.engine(EngineLimits(request_level=True))
+    engine.submit(long_request(), forecaster.prepare(long_request()))
+    engine.step()
+    late = engine.submit(short_request(), forecaster.prepare(short_request()))
+    while engine.live and not late.done():
+        assert all(s.request.pred_len == 40 for s in engine.live)
+        engine.step()
+    engine.run_until_idle()
+    assert late.result().mean.shape == (3, 6)
+
+
+def test_the_client_bounds_the_queue_and_cancels_abandoned_series(tiny_checkpoint):
+    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE)
+
+    async def scenario():
+        client = EngineClient(forecaster.engine(EngineLimits(max_live_series=1)), max_queue=2)
+        items = [(r, forecaster.prepare(r)) for r in (long_request(40, 200, 1),) * 2]
+        running = asyncio.create_task(client.submit(items))
+        await asyncio.sleep(0.05)  # one series admitted, one waiting
+        with pytest.raises(QueueFull):
+            await client.submit(items)
+        running.cancel()  # the caller gives up (504, client gone)
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        deadline = time.monotonic() + 10
+        while client.engine.has_work() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert not client.engine.has_work()  # nothing of it keeps running
+        quick = await client.submit([(short_request(), forecaster.prepare(short_request()))])
+        client.engine.stop()
+        return quick
+
+    assert asyncio.run(scenario())[0].mean.shape == (3, 6)
+    assert Cancelled.__mro__[1] is Exception
