@@ -28,6 +28,7 @@ from kronos_serving.guard import GuardMiddleware  # noqa: E402
 from kronos_serving.health import health_app  # noqa: E402
 from kronos_serving.logs import configure_json_logging, current_trace_ids  # noqa: E402
 from kronos_serving.metrics import METRICS  # noqa: E402
+from kronos_serving.queue import QueueConsumer  # noqa: E402
 from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
 from kronos_serving.settings import Settings, load_settings  # noqa: E402
 from kronos_serving.tracing import tracing_config  # noqa: E402
@@ -60,6 +61,7 @@ class KronosService:
         self.runner = ForecastRunner(SETTINGS)
         self.drain = Drain(SETTINGS.drain_delay_s)
         self.siblings = SiblingReadiness(SETTINGS.workers)
+        self.queue = QueueConsumer(SETTINGS, self.runner)
         if not self.drain.install():
             log.warning("SIGTERM handler not installed: readiness will not fail before shutdown",
                         extra={"event": "drain_unavailable"})
@@ -80,8 +82,18 @@ class KronosService:
             log.error("model load failed", exc_info=not isinstance(exc, CheckpointError),
                       extra={"event": "model_load_failed", "error": self.runner.load_error})
 
+    @bentoml.on_startup
+    async def _start_queue(self) -> None:
+        """RabbitMQ consumer on this worker's event loop (when configured); it waits for the model."""
+        self.queue.start()
+
+    @bentoml.on_shutdown
+    async def _stop_queue(self) -> None:
+        await self.queue.stop()
+
     def __is_ready__(self) -> bool:
-        return bool(self.runner.variants) and self.siblings.all_ready()
+        return (bool(self.runner.variants) and self.siblings.all_ready()
+                and not self.queue.blocks_readiness())
 
     def readiness(self) -> dict[str, Any]:
         """What /v1/readyz reports."""
@@ -93,6 +105,9 @@ class KronosService:
         if not self.siblings.all_ready():  # this worker is loaded, a sibling is not yet
             return {"ready": False, "status": "loading", "error": None,
                     "workers_ready": f"{self.siblings.ready_workers()}/{self.siblings.workers}"}
+        if self.queue.blocks_readiness():
+            return {"ready": False, "status": "queue_unavailable", "error": self.queue.error,
+                    "queue": self.queue.status()}
         first = self.runner.variants[0]
         return {"ready": True, "status": "ready", "workers": self.settings.workers,
                 "device": first.device,
@@ -104,7 +119,8 @@ class KronosService:
                             if any(v.source.is_dev for v in self.runner.variants) else None),
                 "variants": [{"model": v.source.name, "model_version": v.version,
                               "weight": v.weight, "device": v.device,
-                              "max_context": v.forecaster.max_context} for v in self.runner.variants]}
+                              "max_context": v.forecaster.max_context} for v in self.runner.variants],
+                "queue": self.queue.status()}
 
     # -- request handling --------------------------------------------------------------------
     async def _serve(self, ctx: bentoml.Context, route: str, bodies: list[SingleRequest],

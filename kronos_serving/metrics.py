@@ -70,6 +70,53 @@ class Metrics:
             name="kronos_model_info", documentation="Loaded model variants (1 per worker)",
             labelnames=["model", "version", "device"], multiprocess_mode="livesum")
 
+    # -- RabbitMQ queue workers (kronos_serving/queue) ---------------------------------------
+    @cached_property
+    def queue_consumed(self):
+        return bentoml.metrics.Counter(
+            name="kronos_queue_messages_consumed", documentation="Queue messages received",
+            labelnames=["queue"])
+
+    @cached_property
+    def queue_redelivered(self):
+        return bentoml.metrics.Counter(
+            name="kronos_queue_messages_redelivered",
+            documentation="Queue messages received again (after a failure, a killed worker or a "
+                          "broker restart)", labelnames=["queue"])
+
+    @cached_property
+    def queue_replied(self):
+        return bentoml.metrics.Counter(
+            name="kronos_queue_replies", documentation="Replies confirmed by the broker, by status",
+            labelnames=["queue", "status"])
+
+    @cached_property
+    def queue_retried(self):
+        return bentoml.metrics.Counter(
+            name="kronos_queue_messages_retried",
+            documentation="Failed queue messages handed back for another attempt", labelnames=["queue"])
+
+    @cached_property
+    def queue_dead_lettered(self):
+        return bentoml.metrics.Counter(
+            name="kronos_queue_messages_dead_lettered",
+            documentation="Queue messages sent to the dead-letter queue after their last attempt",
+            labelnames=["queue"])
+
+    @cached_property
+    def queue_consumers(self):
+        return bentoml.metrics.Gauge(
+            name="kronos_queue_consumers", documentation="Workers consuming the queue",
+            labelnames=["queue"], multiprocess_mode="livesum")
+
+    @cached_property
+    def average_inference(self):
+        return bentoml.metrics.Gauge(
+            name="kronos_average_inference_seconds",
+            documentation="Moving average of the forecast time of one queue message (the "
+                          "scheduling platform's average_inference_time)",
+            labelnames=["queue"], multiprocess_mode="livemostrecent")
+
 
 def exposition() -> tuple[bytes, str]:
     """The Prometheus text BentoML serves on /metrics (all workers), and its content type."""
