@@ -15,6 +15,7 @@ from typing import Any, Optional
 from sqlalchemy import text
 
 from ..settings import Settings
+from .errors import describe
 from .database import make_engine, migrate, redacted, store_url
 from .jobs import JobRecord, JobStore
 from .records import Forecast, RecordStore, RecordWriter, cutoff
@@ -22,7 +23,6 @@ from .records import Forecast, RecordStore, RecordWriter, cutoff
 __all__ = ["Forecast", "JobRecord", "JobStore", "RecordStore", "RecordWriter", "Store"]
 log = logging.getLogger("kronos.store")
 RETRY_MIGRATION_S = 5.0
-HEALTH_CACHE_S = 2.0
 
 
 class Store:
@@ -37,7 +37,7 @@ class Store:
         self.migrated = False
         self.error: Optional[str] = None
         self._last_try = 0.0
-        self._checked: tuple[float, bool] = (0.0, False)
+        self.up = False
         self._lock = threading.Lock()
 
     @property
@@ -58,26 +58,28 @@ class Store:
                 log.info("store ready", extra={"event": "store_ready", "backend": self.backend,
                                                "url": redacted(self.url)})
             except Exception as exc:
-                self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                self.error = describe(exc)
                 log.error("store unavailable", extra={"event": "store_unavailable",
                                                       "url": redacted(self.url), "error": self.error})
         return self.migrated
 
-    def check(self) -> dict[str, Any]:
-        """What ``/v1/readyz`` reports (a ``SELECT 1``, cached for 2 s)."""
-        at, ok = self._checked
-        if time.monotonic() - at > HEALTH_CACHE_S:
-            ok = self.ready()
-            if ok:
-                try:
-                    with self.engine.connect() as connection:
-                        connection.execute(text("SELECT 1"))
-                    self.error = None
-                except Exception as exc:
-                    ok, self.error = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-            self._checked = (time.monotonic(), ok)
-        return {"status": "ok" if ok else "down", "backend": self.backend,
-                "url": redacted(self.url), "error": None if ok else self.error}
+    def refresh(self) -> bool:
+        """Check the database now (migrate, ``SELECT 1``); blocking, so call it off the event loop."""
+        ok = self.ready()
+        if ok:
+            try:
+                with self.engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+                self.error = None
+            except Exception as exc:
+                ok, self.error = False, describe(exc)
+        self.up = ok
+        return ok
+
+    def state(self) -> dict[str, Any]:
+        """What ``/v1/readyz`` reports: the last :meth:`refresh` (the job worker runs it)."""
+        return {"status": "ok" if self.up else "down", "backend": self.backend,
+                "url": redacted(self.url), "error": None if self.up else self.error}
 
     def cleanup(self) -> tuple[int, int]:
         """Retention: delete records and finished jobs older than ``retention_days`` (0: keep)."""

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from sqlalchemy import Engine, delete, select
 
@@ -24,6 +24,7 @@ from ..metrics import METRICS
 from ..schemas import SingleRequest
 from ..settings import Settings
 from .schema import ForecastRecord, utcnow
+from .errors import describe
 
 log = logging.getLogger("kronos.store")
 FLUSH_S = 0.1
@@ -131,8 +132,9 @@ class RecordStore:
 class RecordWriter:
     """A bounded queue of forecasts and the thread that writes them in batches."""
 
-    def __init__(self, records: RecordStore, settings: Settings) -> None:
-        self.records, self.settings = records, settings
+    def __init__(self, records: RecordStore, settings: Settings,
+                 ready: Callable[[], bool] = lambda: True) -> None:
+        self.records, self.settings, self.ready = records, settings, ready
         self.queue: queue.Queue[Forecast] = queue.Queue(maxsize=settings.record_queue_size)
         self.pending = 0  # forecasts taken from the queue and not written yet
         self.lock = threading.Lock()
@@ -189,6 +191,8 @@ class RecordWriter:
     def _write(self, batch: list[Forecast]) -> None:
         started = time.perf_counter()
         try:
+            if not self.ready():
+                raise ConnectionError("store not ready (migration pending or database down)")
             rows = [row for forecast in batch
                     for row in rows_of(forecast, self.settings, self.settings.store_inputs)]
             self.records.insert(rows)
@@ -207,7 +211,7 @@ class RecordWriter:
             self.last_log, total = time.monotonic(), self.dropped
         log.error("forecast records dropped", extra={
             "event": "records_dropped", "reason": reason, "count": count, "dropped_total": total,
-            "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}" if exc else None})
+            "error": describe(exc) if exc else None})
 
 
 def cutoff(retention_days: float) -> datetime:
