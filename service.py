@@ -1,7 +1,8 @@
 """Kronos forecasting service (BentoML 1.4).
 
 Routes: POST /v1/predict/single, POST /v1/predict/batch, GET /v1/healthz, /v1/readyz, /v1/metrics
-(plus BentoML's own /healthz, /readyz, /metrics). Every request goes through the variant's
+(plus BentoML's own /healthz, /readyz, /metrics); forecast jobs (POST/GET /v1/jobs,
+GET/DELETE /v1/jobs/{job_id}) and forecast records (GET /v1/forecasts/{request_id}). Every request goes through the variant's
 batcher, so concurrent requests run as one ragged runtime call. Run: ``make serve``.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import bentoml
 import torch
+from starlette.applications import Starlette
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -24,13 +26,16 @@ from kronos_runtime import CheckpointError  # noqa: E402
 from kronos_serving.accounting import record_request  # noqa: E402
 from kronos_serving.draining import Drain  # noqa: E402
 from kronos_serving.forecasting import ForecastRunner, RequestFailed, input_summary  # noqa: E402
-from kronos_serving.guard import GuardMiddleware  # noqa: E402
+from kronos_serving.guard import GuardMiddleware, caller_key_id  # noqa: E402
 from kronos_serving.health import health_app  # noqa: E402
+from kronos_serving.jobs import api as jobs_api  # noqa: E402
+from kronos_serving.jobs.worker import JobWorker  # noqa: E402
 from kronos_serving.logs import configure_json_logging, current_trace_ids  # noqa: E402
 from kronos_serving.metrics import METRICS  # noqa: E402
-from kronos_serving.queue import QueueConsumer  # noqa: E402
+from kronos_serving.queue import QueueConsumer, StoreJobRecorder  # noqa: E402
 from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
 from kronos_serving.settings import Settings, load_settings  # noqa: E402
+from kronos_serving.store import RecordWriter, Store  # noqa: E402
 from kronos_serving.tracing import tracing_config  # noqa: E402
 from kronos_serving.validation_errors import ValidationErrorMiddleware  # noqa: E402
 from kronos_serving.variants import load_variant, resolve_sources  # noqa: E402
@@ -38,6 +43,7 @@ from kronos_serving.worker_readiness import SiblingReadiness  # noqa: E402
 
 log = logging.getLogger("kronos.service")
 SETTINGS = load_settings()
+V1_APP = Starlette(routes=[*health_app.routes, *jobs_api.routes])  # mounted at /v1
 
 
 def service_resources(settings: Settings) -> dict[str, Any]:
@@ -48,7 +54,7 @@ def service_resources(settings: Settings) -> dict[str, Any]:
     return resources
 
 
-@bentoml.asgi_app(health_app, path="/v1")
+@bentoml.asgi_app(V1_APP, path="/v1")
 @bentoml.service(name="kronos", resources=service_resources(SETTINGS), workers=SETTINGS.workers,
                  traffic={"timeout": SETTINGS.timeout_s + 30}, tracing=tracing_config(SETTINGS))
 class KronosService:
@@ -59,9 +65,14 @@ class KronosService:
         configure_json_logging(SETTINGS.log_level)
         torch.set_num_threads(SETTINGS.torch_threads)
         self.runner = ForecastRunner(SETTINGS)
+        self.store = Store(SETTINGS)
+        if SETTINGS.record_forecasts:
+            self.runner.recorder = RecordWriter(self.store.records, SETTINGS, self.store.ready).submit
+        self.jobs = JobWorker(self.store, self.runner, SETTINGS)
         self.drain = Drain(SETTINGS.drain_delay_s)
         self.siblings = SiblingReadiness(SETTINGS.workers)
-        self.queue = QueueConsumer(SETTINGS, self.runner)
+        self.queue = QueueConsumer(SETTINGS, self.runner,
+                                   StoreJobRecorder(self.store, self.jobs, SETTINGS.job_lease_s))
         if not self.drain.install():
             log.warning("SIGTERM handler not installed: readiness will not fail before shutdown",
                         extra={"event": "drain_unavailable"})
@@ -81,6 +92,14 @@ class KronosService:
             self.runner.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model load failed", exc_info=not isinstance(exc, CheckpointError),
                       extra={"event": "model_load_failed", "error": self.runner.load_error})
+
+    @bentoml.on_startup
+    async def start_jobs(self) -> None:
+        self.jobs.start()
+
+    @bentoml.on_shutdown
+    async def stop_jobs(self) -> None:
+        await self.jobs.stop()
 
     @bentoml.on_startup
     async def _start_queue(self) -> None:
@@ -120,7 +139,8 @@ class KronosService:
                 "variants": [{"model": v.source.name, "model_version": v.version,
                               "weight": v.weight, "device": v.device,
                               "max_context": v.forecaster.max_context} for v in self.runner.variants],
-                "queue": self.queue.status()}
+                "queue": self.queue.status(),
+                "store": self.store.state()}
 
     # -- request handling --------------------------------------------------------------------
     async def _serve(self, ctx: bentoml.Context, route: str, bodies: list[SingleRequest],
@@ -137,7 +157,9 @@ class KronosService:
         try:
             try:
                 results = await asyncio.wait_for(
-                    self.runner.run(bodies, request_id, index_errors=batch), self.settings.timeout_s)
+                    self.runner.run(bodies, request_id, index_errors=batch, route=route,
+                                    key_id=caller_key_id(ctx.request.scope) or ""),
+                    self.settings.timeout_s)
             except TimeoutError as exc:  # queued jobs are dropped; a running batch finishes alone
                 raise RequestFailed(504, f"timed out after {self.settings.timeout_s} s "
                                          "(queue wait and forecast)", retry_after=5) from exc

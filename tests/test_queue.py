@@ -257,3 +257,19 @@ def test_readme_publishing_example(server, broker):
     exec(compile(code, "README", "exec"), scope)
     status, reply = scope["reply"]
     assert status == 200 and len(reply["predictions"]) == 2
+
+
+def test_message_with_job_id_is_recorded_as_a_job(server, broker):
+    client = RpcClient(broker.url)
+    job_id = f"queue-{uuid.uuid4().hex[:12]}"
+    bodies = [{"batch": [body_for(3), body_for(4)]}, body_for(5), body_for(6)]
+    ids = asyncio.run(client.publish(bodies, headers=[{"job_id": job_id}, {"x-request-id": "plain"},
+                                                      {"job_id": "x" * 65}]))
+    asyncio.run(client.collect(ids, timeout=60))
+    status, reply = client.reply(ids[0])
+    assert status == 200 and client.replies[ids[0]][0].headers["job_id"] == job_id
+    job = httpx.get(f"{server.url}/v1/jobs/{job_id}", timeout=10).json()
+    assert job["status"] == "succeeded" and job["result"] == reply  # pollable over HTTP
+    assert "job_id" not in client.replies[ids[1]][0].headers  # amqp_record_jobs is off
+    assert client.reply(ids[2]) == (400, {"error": "headers.job_id: must be 1 to 64 characters",
+                                          "field": "headers.job_id", "request_id": f"req-{ids[2]}"})

@@ -12,7 +12,8 @@ published again with ``x-kronos-attempts`` + 1 and acknowledged, until ``amqp_ma
 retries are spent; then it is answered with its error and moved to ``<queue>.dlq``. A message
 that kills its worker every time is bounded by the quorum queue's ``x-delivery-limit`` (the broker
 dead-letters it to the same queue). After a broker restart the consumer reconnects with
-exponential backoff.
+exponential backoff. A message with a ``job_id`` header (or every message with
+``amqp_record_jobs``) is also recorded as a job in the store (:mod:`.jobs`).
 """
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ from ..accounting import record_request
 from ..forecasting import ForecastRunner, RequestFailed, input_summary
 from ..metrics import METRICS
 from ..settings import Settings
-from .messages import parse_body
+from ..schemas import SingleRequest
+from .jobs import MAX_JOB_ID, QueueJob
+from .messages import InvalidMessage, parse_body
 
 log = logging.getLogger("kronos.queue")
 
@@ -45,13 +48,12 @@ AVERAGE_WEIGHT = 0.1  # weight of the newest message in the moving average of in
 
 
 class JobRecorder(Protocol):
-    """Where messages are recorded as jobs (the store), so they can be polled over HTTP."""
+    """Where messages are recorded as jobs (the store: :class:`.jobs.StoreJobRecorder`)."""
 
-    async def started(self, job_id: str | None, payload: bytes, request_id: str) -> str | None:
-        """Record the message as a running job; its job id (None: not recorded)."""
+    async def begin(self, job_id: str | None, dedupe_key: str | None,
+                    bodies: list[SingleRequest], batch: bool) -> QueueJob: ...
 
-    async def finished(self, job_id: str, status: int, body: dict[str, Any]) -> None:
-        """Store the reply (result or error) of a recorded job."""
+    async def finish(self, job: QueueJob, status: int, body: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -61,6 +63,11 @@ class Outcome:
     status: int
     body: dict[str, Any]
     retry: bool = False
+
+    @property
+    def model_version(self) -> str:
+        results = self.body.get("results", [self.body]) if self.status == 200 else []
+        return ",".join(sorted({r["model_version"] for r in results})) or "none"
 
 
 def attempts(message: AbstractIncomingMessage) -> int:
@@ -250,47 +257,53 @@ class QueueConsumer:
         if message.redelivered:
             METRICS.queue_redelivered.labels(queue=self.queue).inc()
         request_id = request_id_of(message)
-        job_id = await self._record_start(message, request_id)
-        outcome = await self._forecast(message, request_id)
+        started = time.perf_counter()
+        bodies: list[SingleRequest] = []
+        job: QueueJob | None = None
+        try:
+            bodies, batch = parse_body(message.body)
+            job = await self._begin_job(message, bodies, batch, request_id)
+            outcome = (Outcome(200, job.result) if job and job.result is not None
+                       else await self._forecast(bodies, batch, request_id))
+        except InvalidMessage as exc:
+            outcome = Outcome(400, exc.body(request_id))
+        record_request(f"amqp:{self.queue}", request_id, outcome.status,
+                       time.perf_counter() - started, outcome.model_version,
+                       device=self.settings.device, error=outcome.body.get("error"),
+                       input=input_summary(bodies), correlation_id=message.correlation_id,
+                       redelivered=message.redelivered, job_id=job and job.id)
         if not outcome.retry:
             try:
-                await self._reply(message, outcome, request_id, job_id)
+                await self._reply(message, outcome, request_id, job)
             except Exception as exc:  # e.g. the reply is larger than the broker accepts
                 outcome = Outcome(500, {"error": f"reply failed: {type(exc).__name__}: {exc}",
                                         "request_id": request_id}, retry=True)
         if outcome.retry:
-            await self._retry_or_dead_letter(message, outcome, request_id, job_id)
+            await self._retry_or_dead_letter(message, outcome, request_id, job)
             return
-        await self._record_finish(job_id, outcome)
+        await self._finish_job(job, outcome)
         await message.ack()
 
-    async def _forecast(self, message: AbstractIncomingMessage, request_id: str) -> Outcome:
+    async def _forecast(self, bodies: list[SingleRequest], batch: bool, request_id: str) -> Outcome:
         started = time.perf_counter()
-        bodies, version, outcome = [], "none", None
         try:
-            bodies, batch = parse_body(message.body)
             results = await asyncio.wait_for(
-                self.runner.run(bodies, request_id, index_errors=batch, priority=self.priority),
+                self.runner.run(bodies, request_id, index_errors=batch, priority=self.priority,
+                                route=f"amqp:{self.queue}"),
                 self.settings.timeout_s)
-            version = ",".join(sorted({r["model_version"] for r in results})) or "none"
-            self._observe(time.perf_counter() - started)
-            outcome = Outcome(200, {"results": results} if batch else results[0])
         except TimeoutError:
-            outcome = Outcome(504, RequestFailed(504, f"timed out after {self.settings.timeout_s} s")
-                              .body(request_id), retry=True)
+            return Outcome(504, RequestFailed(504, f"timed out after {self.settings.timeout_s} s")
+                           .body(request_id), retry=True)
         except RequestFailed as exc:
-            outcome = Outcome(exc.status, exc.body(request_id), retry=exc.status >= 500)
+            return Outcome(exc.status, exc.body(request_id), retry=exc.status >= 500)
         except Exception as exc:  # the runtime failed on this message: retried, worker lives on
             log.exception("forecast failed", extra={"event": "forecast_failed", "queue": self.queue,
                                                     "request_id": request_id,
                                                     "input": input_summary(bodies)})
-            outcome = Outcome(500, {"error": f"forecast failed: {type(exc).__name__}: {exc}",
-                                    "request_id": request_id}, retry=True)
-        record_request(f"amqp:{self.queue}", request_id, outcome.status,
-                       time.perf_counter() - started, version, device=self.settings.device,
-                       error=outcome.body.get("error"), input=input_summary(bodies),
-                       correlation_id=message.correlation_id, redelivered=message.redelivered)
-        return outcome
+            return Outcome(500, {"error": f"forecast failed: {type(exc).__name__}: {exc}",
+                                 "request_id": request_id}, retry=True)
+        self._observe(time.perf_counter() - started)
+        return Outcome(200, {"results": results} if batch else results[0])
 
     def _observe(self, seconds: float) -> None:
         previous = self.average_inference_s
@@ -299,14 +312,14 @@ class QueueConsumer:
         METRICS.average_inference.labels(queue=self.queue).set(self.average_inference_s)
 
     async def _reply(self, message: AbstractIncomingMessage, outcome: Outcome, request_id: str,
-                     job_id: str | None) -> None:
+                     job: QueueJob | None) -> None:
         """Publish the reply to ``reply_to`` (if any) and wait for the broker's confirm."""
         if not message.reply_to:
             return
         headers: dict[str, Any] = {"status": outcome.status, "request_id": request_id,
                                    "worker": os.getpid()}
-        if job_id:
-            headers["job_id"] = job_id
+        if job is not None:
+            headers["job_id"] = job.id
         reply = aio_pika.Message(json.dumps(outcome.body).encode(), content_type="application/json",
                                  correlation_id=message.correlation_id, headers=headers,
                                  delivery_mode=message.delivery_mode)
@@ -314,7 +327,7 @@ class QueueConsumer:
         METRICS.queue_replied.labels(queue=self.queue, status=str(outcome.status)).inc()
 
     async def _retry_or_dead_letter(self, message: AbstractIncomingMessage, outcome: Outcome,
-                                    request_id: str, job_id: str | None) -> None:
+                                    request_id: str, job: QueueJob | None) -> None:
         """Publish the message again with one more attempt, or, its retries spent, answer it with
         its error and move it to the dead-letter queue; then acknowledge it."""
         done = attempts(message)
@@ -327,13 +340,13 @@ class QueueConsumer:
                                 message_id=message.message_id, delivery_mode=message.delivery_mode)
         if last:
             try:
-                await self._reply(message, Outcome(outcome.status, outcome.body), request_id, job_id)
+                await self._reply(message, Outcome(outcome.status, outcome.body), request_id, job)
             except Exception as exc:
                 log.warning("error reply failed", extra={"event": "queue_reply_failed",
                                                          "request_id": request_id, "error": str(exc)})
             await self._publish(copy, self.dead_letter_queue)
             METRICS.queue_dead_lettered.labels(queue=self.queue).inc()
-            await self._record_finish(job_id, outcome)
+            await self._finish_job(job, outcome)
         else:
             await asyncio.sleep(min(2.0 ** done, 10.0) * 0.5)
             await self._publish(copy, self.queue)
@@ -344,23 +357,29 @@ class QueueConsumer:
         await message.ack()
 
     # -- job recording (the store) -----------------------------------------------------------
-    async def _record_start(self, message: AbstractIncomingMessage, request_id: str) -> str | None:
+    async def _begin_job(self, message: AbstractIncomingMessage, bodies: list[SingleRequest],
+                         batch: bool, request_id: str) -> QueueJob | None:
+        """The message's job when it has a ``job_id`` header or ``amqp_record_jobs`` is on."""
         job_id = (message.headers or {}).get("job_id")
+        if job_id is not None and not 0 < len(str(job_id)) <= MAX_JOB_ID:
+            raise InvalidMessage(f"headers.job_id: must be 1 to {MAX_JOB_ID} characters",
+                                 "headers.job_id")
+        if self.recorder is None or (job_id is None and not self.settings.amqp_record_jobs):
+            return None
         job_id = str(job_id) if job_id is not None else None
-        if self.recorder is None or not (job_id or self.settings.amqp_record_jobs):
-            return job_id
         try:
-            return await self.recorder.started(job_id, message.body, request_id)
+            return await self.recorder.begin(job_id, job_id or message.message_id
+                                             or message.correlation_id, bodies, batch)
         except Exception as exc:  # the store is down: the message is still answered
             log.warning("job not recorded", extra={"event": "queue_job_record_failed",
                                                    "request_id": request_id, "error": str(exc)})
-            return job_id
+            return None
 
-    async def _record_finish(self, job_id: str | None, outcome: Outcome) -> None:
-        if self.recorder is None or job_id is None:
+    async def _finish_job(self, job: QueueJob | None, outcome: Outcome) -> None:
+        if self.recorder is None or job is None:
             return
         try:
-            await self.recorder.finished(job_id, outcome.status, outcome.body)
+            await self.recorder.finish(job, outcome.status, outcome.body)
         except Exception as exc:
             log.warning("job result not recorded", extra={"event": "queue_job_record_failed",
-                                                          "job_id": job_id, "error": str(exc)})
+                                                          "job_id": job.id, "error": str(exc)})
