@@ -78,7 +78,7 @@ def attempts(message: AbstractIncomingMessage) -> int:
 
 def request_id_of(message: AbstractIncomingMessage) -> str:
     headers = message.headers or {}
-    return str(headers.get("x-request-id") or message.message_id or message.correlation_id
+    return str(headers.get("x-request-id") or message.correlation_id or message.message_id
                or uuid.uuid4().hex)
 
 
