@@ -94,21 +94,16 @@ class KronosService:
                       extra={"event": "model_load_failed", "error": self.runner.load_error})
 
     @bentoml.on_startup
-    async def start_jobs(self) -> None:
+    async def start_background_work(self) -> None:
+        """The job runner and (when configured) the RabbitMQ consumer, on this worker's event
+        loop; both wait for the model."""
         self.jobs.start()
-
-    @bentoml.on_shutdown
-    async def stop_jobs(self) -> None:
-        await self.jobs.stop()
-
-    @bentoml.on_startup
-    async def _start_queue(self) -> None:
-        """RabbitMQ consumer on this worker's event loop (when configured); it waits for the model."""
         self.queue.start()
 
     @bentoml.on_shutdown
-    async def _stop_queue(self) -> None:
+    async def stop_background_work(self) -> None:
         await self.queue.stop()
+        await self.jobs.stop()
 
     def __is_ready__(self) -> bool:
         return (bool(self.runner.variants) and self.siblings.all_ready()
