@@ -24,6 +24,34 @@ MAX_RETRIES = 2
 MAX_MESSAGE_BYTES = 131072  # the test broker's limit: a reply above it is a poison message
 
 
+def test_amqp_settings_are_checked():
+    from kronos_serving.settings import load_settings
+
+    settings = load_settings({"KRONOS_AMQP_URL": "amqp://u:p@h/", "KRONOS_AMQP_PRIORITY": "Interactive"})
+    assert (settings.amqp_url, settings.amqp_queue, settings.amqp_priority) == (
+        "amqp://u:p@h/", "kronos.forecast", "Interactive")
+    for name, value in (("PRIORITY", "urgent"), ("PREFETCH", "0"), ("MAX_RETRIES", "-1")):
+        with pytest.raises(ValueError, match="priority|prefetch"):
+            load_settings({f"KRONOS_AMQP_{name}": value})
+
+
+def test_message_bodies_parse_like_the_http_routes():
+    from kronos_serving.queue.messages import InvalidMessage, parse_body
+
+    rows = [[10.0, 10.5, 9.8, 10.2], [10.2, 10.9, 10.1, 10.7]]
+    bodies, batch = parse_body(json.dumps({"batch": [{"data": rows}, {"data": rows, "model_version": "b"}],
+                                           "model_version": "a"}).encode())
+    assert batch and [b.model_version for b in bodies] == ["a", "b"]  # items may pin their own
+    bodies, batch = parse_body(json.dumps({"data": rows, "pred_len": 3}).encode())
+    assert not batch and bodies[0].pred_len == 3
+    with pytest.raises(InvalidMessage) as bad:
+        parse_body(json.dumps({"batch": [{"data": rows}, {"data": [rows[0], [1.0, 2.0]]}]}).encode())
+    assert bad.value.field == "batch[1].data[1]" and bad.value.body("r")["detail"]
+    with pytest.raises(InvalidMessage) as bad:
+        parse_body(b"\xff")
+    assert bad.value.status == 400 and bad.value.field == "body"
+
+
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     assert installed(), "rabbitmq-server is installed by `make install` (Debian package)"
