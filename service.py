@@ -72,7 +72,8 @@ class KronosService:
         self.drain = Drain(SETTINGS.drain_delay_s)
         self.siblings = SiblingReadiness(SETTINGS.workers)
         self.queue = QueueConsumer(SETTINGS, self.runner,
-                                   StoreJobRecorder(self.store, self.jobs, SETTINGS.job_lease_s))
+                                   StoreJobRecorder(self.store, self.jobs, SETTINGS.job_lease_s),
+                                   paused=lambda: self.drain.draining)
         if not self.drain.install():
             log.warning("SIGTERM handler not installed: readiness will not fail before shutdown",
                         extra={"event": "drain_unavailable"})

@@ -66,7 +66,8 @@ def server(broker, tmp_path_factory):
     tag = import_dev_model(home, "kronos-queue", seed=4)
     env = {"KRONOS_MODEL": tag, "KRONOS_WORKERS": "2", "KRONOS_AMQP_URL": broker.url,
            "KRONOS_AMQP_QUEUE": QUEUE, "KRONOS_AMQP_PREFETCH": "8",
-           "KRONOS_AMQP_MAX_RETRIES": str(MAX_RETRIES), "KRONOS_MAX_PRED_LEN": "200"}
+           "KRONOS_AMQP_MAX_RETRIES": str(MAX_RETRIES), "KRONOS_MAX_PRED_LEN": "200",
+           "KRONOS_DRAIN_DELAY_S": "2"}
     with running_server(home, env, tmp_path_factory.mktemp("logs") / "server.log") as srv:
         asyncio.run(wait_for_consumers(broker.url, 2))
         yield srv
@@ -261,6 +262,20 @@ def test_worker_killed_mid_flight_loses_nothing(server, broker):
     assert set(client.replies) == set(ids)
     assert all(client.reply(cid)[0] == 200 for cid in ids)
     assert metric(server, "kronos_queue_messages_redelivered_total") > redelivered
+
+
+def test_sigterm_drains_a_worker_without_redeliveries(server, broker):
+    redelivered = metric(server, "kronos_queue_messages_redelivered_total")
+    client = RpcClient(broker.url)
+    ids = asyncio.run(client.publish([{**body_for(i), "pred_len": 30} for i in range(40)]))
+    asyncio.run(client.collect(ids, at_least=1))
+    victim = next(iter(client.replies.values()))[0].headers["worker"]
+    os.kill(victim, signal.SIGTERM)  # stops taking messages at once, finishes those it holds
+    asyncio.run(client.collect(ids, timeout=150))
+    assert all(client.reply(cid)[0] == 200 for cid in ids)
+    assert metric(server, "kronos_queue_messages_redelivered_total") == redelivered
+    assert '"event": "queue_draining"' in server.log()
+    asyncio.run(wait_for_consumers(broker.url, 2))  # the worker is replaced and consumes
 
 
 def test_broker_restart_mid_run(server, broker):

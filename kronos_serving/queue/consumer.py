@@ -24,7 +24,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
@@ -86,8 +86,10 @@ class QueueConsumer:
     """Consumes ``amqp_queue`` on the running event loop; reconnects until stopped."""
 
     def __init__(self, settings: Settings, runner: ForecastRunner,
-                 recorder: JobRecorder | None = None) -> None:
+                 recorder: JobRecorder | None = None,
+                 paused: Callable[[], bool] = lambda: False) -> None:
         self.settings, self.runner, self.recorder = settings, runner, recorder
+        self.paused = paused  # e.g. draining: take no new messages, finish the ones in flight
         self.queue = settings.amqp_queue
         self.dead_letter_queue = f"{settings.amqp_queue}.dlq"
         self.priority = Priority.parse(settings.amqp_priority)
@@ -138,7 +140,8 @@ class QueueConsumer:
 
     async def _run(self) -> None:
         if not await self._model_loaded():
-            self.state, self.error = "model_failed", self.runner.load_error
+            self.state = "model_failed" if self.runner.load_error else "stopped"
+            self.error = self.runner.load_error
             return
         backoff = 1.0
         while not self._stop.is_set():
@@ -151,7 +154,7 @@ class QueueConsumer:
                 log.warning("queue connection failed", extra={
                     "event": "queue_connection_failed", "queue": self.queue, "error": self.error,
                     "retry_in_s": backoff})
-            if self._stop.is_set():
+            if self._stop.is_set() or self.paused():
                 break
             backoff = 1.0 if consumed else backoff
             self.state = "reconnecting"
@@ -163,7 +166,7 @@ class QueueConsumer:
 
     async def _model_loaded(self) -> bool:
         while not self.runner.variants:
-            if self.runner.load_error or self._stop.is_set():
+            if self.runner.load_error or self._stop.is_set() or self.paused():
                 return False
             await asyncio.sleep(0.2)
         return True
@@ -187,10 +190,7 @@ class QueueConsumer:
                                          "prefetch": self.settings.amqp_prefetch})
             METRICS.queue_consumers.labels(queue=self.queue).inc()
             try:
-                stop = asyncio.ensure_future(self._stop.wait())
-                lost = asyncio.ensure_future(closed.wait())
-                await asyncio.wait([stop, lost], return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel(), lost.cancel()
+                await self._until_stopped_or_lost(closed)
             finally:
                 METRICS.queue_consumers.labels(queue=self.queue).dec()
             if closed.is_set():
@@ -204,6 +204,15 @@ class QueueConsumer:
         finally:
             self._connection = None
             await connection.close()
+
+    async def _until_stopped_or_lost(self, closed: asyncio.Event) -> None:
+        """Wait for :meth:`stop`, a lost connection, or :attr:`paused` (draining)."""
+        while not (self._stop.is_set() or closed.is_set() or self.paused()):
+            await asyncio.sleep(0.5)
+        if self.paused() and not closed.is_set():
+            self.state = "draining"
+            log.info("draining: no new messages", extra={"event": "queue_draining",
+                                                         "queue": self.queue})
 
     async def _declare(self, connection: AbstractConnection) -> tuple[AbstractChannel, AbstractQueue]:
         """The consuming channel and the queue: a quorum queue dead-lettering to ``<queue>.dlq``
