@@ -210,3 +210,18 @@ def test_keda_manifests_validate_against_the_keda_crd_and_kubernetes():
     http_targets = {target["metadata"]["name"] for _, target, _ in triggers["prometheus"]}
     assert http_targets == {"kronos-cpu", "kronos-gpu"}
     assert all("kronos_in_flight_requests" in t["metadata"]["query"] for t, _, _ in triggers["prometheus"])
+
+
+def test_queue_worker_deployments_use_known_settings():
+    from dataclasses import fields
+
+    from kronos_serving.settings import Settings
+
+    known = {f"KRONOS_{f.name.upper()}" for f in fields(Settings)}
+    compose = yaml.safe_load((DEPLOY / "compose.rabbitmq.yaml").read_text())["services"]
+    assert "management" in compose["rabbitmq"]["image"]  # the management plugin is on
+    worker = compose["kronos-worker"]["environment"]
+    assert worker["KRONOS_AMQP_URL"].startswith("amqp://") and "rabbitmq" in worker["KRONOS_AMQP_URL"]
+    queue = load_documents(DEPLOY / "k8s" / "keda" / "deployment-queue.yaml")[0]
+    names = set(worker) | {e["name"] for e in queue["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert {name for name in names if name.startswith("KRONOS_")} <= known

@@ -52,6 +52,23 @@ def test_message_bodies_parse_like_the_http_routes():
     assert bad.value.status == 400 and bad.value.field == "body"
 
 
+def test_readiness_waits_for_the_broker_only_when_required():
+    from kronos_serving.forecasting import ForecastRunner
+    from kronos_serving.queue import QueueConsumer
+    from kronos_serving.settings import load_settings
+
+    def consumer(**env: str) -> QueueConsumer:
+        settings = load_settings({f"KRONOS_{k.upper()}": v for k, v in env.items()})
+        return QueueConsumer(settings, ForecastRunner(settings))
+
+    assert consumer().status()["state"] == "disabled" and not consumer().blocks_readiness()
+    assert not consumer(amqp_url="amqp://h/").blocks_readiness()
+    required = consumer(amqp_url="amqp://h/", amqp_required_for_ready="true")
+    assert required.blocks_readiness()  # not consuming yet
+    required.state = "consuming"
+    assert not required.blocks_readiness()
+
+
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     assert installed(), "rabbitmq-server is installed by `make install` (Debian package)"
@@ -274,7 +291,14 @@ def test_broker_restart_mid_run(server, broker):
     client = RpcClient(broker.url)
     ids = asyncio.run(client.publish([{**body_for(i), "pred_len": 30} for i in range(40)]))
     asyncio.run(client.collect(ids, at_least=3))
-    broker.restart()
+    broker.stop()
+    deadline = time.time() + 30
+    while (ready := httpx.get(server.url + "/v1/readyz", timeout=10)).json()["queue"]["state"] == "consuming":
+        assert time.time() < deadline, "the consumer did not notice the broker going away"
+        time.sleep(0.2)
+    assert ready.status_code == 200  # readiness does not depend on the broker unless configured
+    assert ready.json()["queue"]["state"] in ("connecting", "reconnecting")
+    broker.start()
     asyncio.run(client.collect(ids, timeout=150))
     assert set(client.replies) == set(ids)
     assert all(client.reply(cid)[0] == 200 for cid in ids)
