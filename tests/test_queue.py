@@ -332,3 +332,37 @@ def test_message_with_job_id_is_recorded_as_a_job(server, broker):
     assert "job_id" not in client.replies[ids[1]][0].headers  # amqp_record_jobs is off
     assert client.reply(ids[2]) == (400, {"error": "headers.job_id: must be 1 to 64 characters",
                                           "field": "headers.job_id", "request_id": ids[2]})  # correlation id
+
+
+def test_declared_queue_dead_letters_a_message_that_keeps_coming_back(broker):
+    """A message whose worker dies every time: the quorum queue's delivery limit moves it to the
+    dead-letter queue. An existing queue declared otherwise is consumed as it is."""
+    from kronos_serving.forecasting import ForecastRunner
+    from kronos_serving.queue import QueueConsumer
+    from kronos_serving.settings import load_settings
+
+    def consumer(queue: str) -> QueueConsumer:
+        settings = load_settings({"KRONOS_AMQP_URL": broker.url, "KRONOS_AMQP_QUEUE": queue,
+                                  "KRONOS_AMQP_MAX_RETRIES": "2"})
+        return QueueConsumer(settings, ForecastRunner(settings))
+
+    async def scenario() -> tuple[int, int, str]:
+        connection = await aio_pika.connect(broker.url)
+        async with connection:
+            _, queue = await consumer("kronos.crashing").declare(connection)
+            channel = await connection.channel()
+            await channel.default_exchange.publish(aio_pika.Message(b"{}"), routing_key=queue.name)
+            returns = 0
+            while (message := await queue.get(fail=False, timeout=5)) is not None:
+                await message.nack(requeue=True)  # as if its worker was killed
+                returns += 1
+            await asyncio.sleep(0.5)
+            dead = await (await channel.declare_queue("kronos.crashing.dlq", passive=True)).get(
+                fail=False)
+            await channel.declare_queue("kronos.classic", durable=True)  # declared by someone else
+            _, classic = await consumer("kronos.classic").declare(connection)
+            return returns, dead is not None, classic.name
+
+    returns, dead_lettered, classic = asyncio.run(scenario())
+    assert returns == 3 and dead_lettered  # delivered 1 + 2 retries, then dead-lettered
+    assert classic == "kronos.classic"

@@ -181,7 +181,7 @@ class QueueConsumer:
         closed = asyncio.Event()
         connection.close_callbacks.add(lambda *_: closed.set())
         try:
-            channel, queue = await self._declare(connection)
+            channel, queue = await self.declare(connection)
             channel.close_callbacks.add(lambda *_: closed.set())
             tag = await queue.consume(self._on_message)
             self.connections += 1
@@ -214,7 +214,7 @@ class QueueConsumer:
             log.info("draining: no new messages", extra={"event": "queue_draining",
                                                          "queue": self.queue})
 
-    async def _declare(self, connection: AbstractConnection) -> tuple[AbstractChannel, AbstractQueue]:
+    async def declare(self, connection: AbstractConnection) -> tuple[AbstractChannel, AbstractQueue]:
         """The consuming channel and the queue: a quorum queue dead-lettering to ``<queue>.dlq``
         after ``amqp_max_retries`` redeliveries, or, if the queue exists with other arguments
         (declared by someone else), that queue as it is."""
