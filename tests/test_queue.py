@@ -247,7 +247,8 @@ def test_poison_message_retried_then_dead_lettered(server, broker):
     retried, dead = (metric(server, f"kronos_queue_messages_{n}_total") for n in ("retried",
                                                                                   "dead_lettered"))
     client = RpcClient(broker.url)
-    ids = asyncio.run(client.publish([poison, body_for(7)]))
+    job_id = f"poison-{uuid.uuid4().hex[:8]}"
+    ids = asyncio.run(client.publish([poison, body_for(7)], headers=[{"job_id": job_id}, {}]))
     asyncio.run(client.collect(ids, timeout=90))
     status, reply = client.reply(ids[0])
     assert status == 500 and reply["error"].startswith("reply failed"), reply
@@ -266,6 +267,14 @@ def test_poison_message_retried_then_dead_lettered(server, broker):
     assert message.headers["x-kronos-attempts"] == MAX_RETRIES + 1
     assert metric(server, "kronos_queue_messages_retried_total") - retried == MAX_RETRIES
     assert metric(server, "kronos_queue_messages_dead_lettered_total") - dead == 1
+    # Its job is never left running: failed with the error, or run by a job runner (whose
+    # result, unlike the reply, needs no broker) after a retry handed it back.
+    deadline = time.time() + 30
+    while (job := httpx.get(f"{server.url}/v1/jobs/{job_id}", timeout=10).json())["status"] not in (
+            "failed", "succeeded"):
+        assert time.time() < deadline, job
+        time.sleep(0.3)
+    assert job["status"] == "succeeded" or job["error"]["error"].startswith("reply failed")
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])

@@ -53,6 +53,8 @@ class JobRecorder(Protocol):
     async def begin(self, job_id: str | None, dedupe_key: str | None,
                     bodies: list[SingleRequest], batch: bool) -> QueueJob: ...
 
+    async def release(self, job: QueueJob, status: int, body: dict[str, Any]) -> None: ...
+
     async def finish(self, job: QueueJob, status: int, body: dict[str, Any]) -> None: ...
 
 
@@ -358,6 +360,7 @@ class QueueConsumer:
             await self._finish_job(job, outcome)
         else:
             await asyncio.sleep(min(2.0 ** done, 10.0) * 0.5)
+            await self._finish_job(job, outcome, retried=True)
             await self._publish(copy, self.queue)
             METRICS.queue_retried.labels(queue=self.queue).inc()
         log.warning("message dead-lettered" if last else "message retried", extra={
@@ -384,11 +387,16 @@ class QueueConsumer:
                                                    "request_id": request_id, "error": str(exc)})
             return None
 
-    async def _finish_job(self, job: QueueJob | None, outcome: Outcome) -> None:
+    async def _finish_job(self, job: QueueJob | None, outcome: Outcome,
+                          retried: bool = False) -> None:
+        """Store the outcome of a recorded message (or, ``retried``, hand its job back)."""
         if self.recorder is None or job is None:
             return
         try:
-            await self.recorder.finish(job, outcome.status, outcome.body)
+            if retried:
+                await self.recorder.release(job, outcome.status, outcome.body)
+            else:
+                await self.recorder.finish(job, outcome.status, outcome.body)
         except Exception as exc:
             log.warning("job result not recorded", extra={"event": "queue_job_record_failed",
                                                           "job_id": job.id, "error": str(exc)})

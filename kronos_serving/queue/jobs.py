@@ -1,7 +1,7 @@
 """Queue messages recorded as jobs in the store, so they can be polled at ``/v1/jobs/{job_id}``.
 
 A message with a ``job_id`` header (or every message with ``amqp_record_jobs``) becomes a job of
-source ``queue`` with that id, taken at once under this worker's job lease (the job runner
+source ``queue`` with that id, created running under this worker's job lease (the job runner
 renews it; if the worker dies, the lease expires and the job runs again like any other). A
 redelivered message finds its job: already succeeded, it is answered from the store.
 """
@@ -42,14 +42,25 @@ class StoreJobRecorder:
     async def begin(self, job_id: str | None, dedupe_key: str | None,
                     bodies: list[SingleRequest], batch: bool) -> QueueJob:
         """The message's job, created if new (``dedupe_key`` finds it again on redelivery)."""
-        job, _ = await store_call("submit", self.store.jobs.create_job,
-                                  stored_request(bodies, batch), batch=batch, source="queue",
-                                  job_id=job_id, idempotency_key=dedupe_key and f"amqp:{dedupe_key}")
-        if job.status == "succeeded":
+        job, created = await store_call(
+            "submit", self.store.jobs.create_job, stored_request(bodies, batch), batch=batch,
+            source="queue", job_id=job_id, idempotency_key=dedupe_key and f"amqp:{dedupe_key}",
+            running_under=self.worker.worker_id, lease_s=self.lease_s)
+        if created:
+            return QueueJob(job.id, held=True)
+        if job.status == "succeeded":  # a redelivered message whose job is done: no forecast
             return QueueJob(job.id, held=False, result=job.result)
         held = job.status == "queued" and await store_call(
             "claim", self.store.jobs.mark_running, job.id, self.worker.worker_id, self.lease_s)
         return QueueJob(job.id, held=bool(held))
+
+    async def release(self, job: QueueJob, status: int, body: dict[str, Any]) -> None:
+        """The message is retried later: its job goes back to ``queued`` (the attempt given back),
+        so the retry (or a job runner, if it comes first) can take it."""
+        if job.held:
+            await store_call("release", self.store.jobs.release, job.id, self.worker.worker_id,
+                             job_error(status, str(body.get("error")), body.get("field")),
+                             count_attempt=False)
 
     async def finish(self, job: QueueJob, status: int, body: dict[str, Any]) -> None:
         """Store the reply: the result, or the error (the job ends ``failed``)."""

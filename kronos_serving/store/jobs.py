@@ -68,12 +68,19 @@ class JobStore:
     # -- submit and read ---------------------------------------------------------------------
     def create_job(self, request: dict[str, Any], *, batch: bool = False, owner: str = "",
                    idempotency_key: Optional[str] = None, source: str = "http",
-                   job_id: Optional[str] = None) -> tuple[JobRecord, bool]:
+                   job_id: Optional[str] = None, running_under: Optional[str] = None,
+                   lease_s: float = 0.0) -> tuple[JobRecord, bool]:
         """A queued job, or the owner's existing job for a repeated ``idempotency_key``
-        (``created`` False then; the caller compares ``request`` to refuse a changed body)."""
+        (``created`` False then; the caller compares ``request`` to refuse a changed body).
+        ``running_under`` creates it running under that worker's lease instead (a queue consumer
+        runs it at once: no job runner may claim it in between)."""
+        now = utcnow()
         values = {"id": job_id or uuid.uuid4().hex, "owner": owner, "source": source,
                   "idempotency_key": idempotency_key, "batch": batch, "request": request,
-                  "status": "queued", "attempts": 0, "created_at": utcnow()}
+                  "status": "queued", "attempts": 0, "created_at": now}
+        if running_under:
+            values.update(status="running", attempts=1, started_at=now, lease_owner=running_under,
+                          lease_expires_at=now + timedelta(seconds=lease_s))
         try:
             with self.engine.begin() as connection:
                 connection.execute(Job.__table__.insert().values(**values))
