@@ -38,7 +38,8 @@ def model_home(tmp_path_factory):
 def server(model_home, tmp_path_factory):
     home, tag = model_home
     env = {"KRONOS_MODEL": tag, "KRONOS_API_KEYS": "key-one,key-two", "KRONOS_MAX_PRED_LEN": "200",
-           "KRONOS_MAX_BATCH_ITEMS": "5", "KRONOS_JOB_CONCURRENCY": "32",
+           "KRONOS_MAX_BATCH_ITEMS": "5", "KRONOS_JOB_CONCURRENCY": "16", "KRONOS_JOB_LEASE_S": "6",
+           "KRONOS_WORKERS": "2",  # two workers share the SQLite store: claims, cross-worker cancel
            "KRONOS_DATA_DIR": str(tmp_path_factory.mktemp("data"))}
     with running_server(home, env, tmp_path_factory.mktemp("logs") / "server.log") as srv:
         yield srv
