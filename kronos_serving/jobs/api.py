@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -25,6 +26,7 @@ from ..store.schema import FINISHED, JOB_STATUSES
 from ..validation_errors import with_field
 from .worker import store_call
 
+log = logging.getLogger("kronos.jobs")
 MAX_IDEMPOTENCY_KEY = 255
 MAX_LIST = 1000
 STORE_RETRY_AFTER_S = 5
@@ -42,8 +44,11 @@ def error(status: int, message: str, field: str | None = None, **headers: str) -
 
 
 def store_down(exc: BaseException | None = None) -> JSONResponse:
-    detail = f": {describe(exc)}" if exc else ""
-    return error(503, f"store unavailable{detail}", **{"Retry-After": str(STORE_RETRY_AFTER_S)})
+    """503: the details (hosts, drivers) go to the log, not to the client."""
+    log.warning("store unavailable", extra={"event": "store_unavailable",
+                                            "error": describe(exc) if exc else "not ready"})
+    return error(503, "store unavailable, retry later",
+                 **{"Retry-After": str(STORE_RETRY_AFTER_S)})
 
 
 def parse_body(raw: bytes) -> tuple[BaseModel, list[SingleRequest], bool]:
