@@ -1,8 +1,10 @@
 """Kronos forecasting service (BentoML 1.4).
 
 Routes: POST /v1/predict/single, POST /v1/predict/batch, GET /v1/healthz, /v1/readyz, /v1/metrics
-(plus BentoML's own /healthz, /readyz, /metrics). Every request goes through its variant's
-engine (continuous batching: concurrent requests share every decode step). Run: ``make serve``.
+(plus BentoML's own /healthz, /readyz, /metrics); forecast jobs (POST/GET /v1/jobs,
+GET/DELETE /v1/jobs/{job_id}) and forecast records (GET /v1/forecasts/{request_id}). Every
+forecast goes through its variant's engine (continuous batching: concurrent requests share
+every decode step). Run: ``make serve``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 
 import bentoml
 import torch
+from starlette.applications import Starlette
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -24,12 +27,16 @@ from kronos_runtime import CheckpointError  # noqa: E402
 from kronos_serving.accounting import record_request  # noqa: E402
 from kronos_serving.draining import Drain  # noqa: E402
 from kronos_serving.forecasting import ForecastRunner, RequestFailed, input_summary  # noqa: E402
-from kronos_serving.guard import GuardMiddleware  # noqa: E402
+from kronos_serving.guard import GuardMiddleware, caller_key_id  # noqa: E402
 from kronos_serving.health import health_app  # noqa: E402
+from kronos_serving.jobs import api as jobs_api  # noqa: E402
+from kronos_serving.jobs.worker import JobWorker  # noqa: E402
 from kronos_serving.logs import configure_json_logging, current_trace_ids  # noqa: E402
 from kronos_serving.metrics import METRICS  # noqa: E402
+from kronos_serving.queue import QueueConsumer, StoreJobRecorder  # noqa: E402
 from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
 from kronos_serving.settings import Settings, load_settings  # noqa: E402
+from kronos_serving.store import RecordWriter, Store  # noqa: E402
 from kronos_serving.tracing import tracing_config  # noqa: E402
 from kronos_serving.validation_errors import ValidationErrorMiddleware  # noqa: E402
 from kronos_serving.variants import load_variant, resolve_sources  # noqa: E402
@@ -37,6 +44,7 @@ from kronos_serving.worker_readiness import SiblingReadiness  # noqa: E402
 
 log = logging.getLogger("kronos.service")
 SETTINGS = load_settings()
+V1_APP = Starlette(routes=[*health_app.routes, *jobs_api.routes])  # mounted at /v1
 
 
 def service_resources(settings: Settings) -> dict[str, Any]:
@@ -47,7 +55,7 @@ def service_resources(settings: Settings) -> dict[str, Any]:
     return resources
 
 
-@bentoml.asgi_app(health_app, path="/v1")
+@bentoml.asgi_app(V1_APP, path="/v1")
 @bentoml.service(name="kronos", resources=service_resources(SETTINGS), workers=SETTINGS.workers,
                  traffic={"timeout": SETTINGS.timeout_s + 30}, tracing=tracing_config(SETTINGS))
 class KronosService:
@@ -58,8 +66,15 @@ class KronosService:
         configure_json_logging(SETTINGS.log_level)
         torch.set_num_threads(SETTINGS.torch_threads)
         self.runner = ForecastRunner(SETTINGS)
+        self.store = Store(SETTINGS)
+        if SETTINGS.record_forecasts:
+            self.runner.recorder = RecordWriter(self.store.records, SETTINGS, self.store.ready).submit
+        self.jobs = JobWorker(self.store, self.runner, SETTINGS, paused=lambda: self.drain.draining)
         self.drain = Drain(SETTINGS.drain_delay_s)
         self.siblings = SiblingReadiness(SETTINGS.workers)
+        self.queue = QueueConsumer(SETTINGS, self.runner,
+                                   StoreJobRecorder(self.store, self.jobs, SETTINGS.job_lease_s),
+                                   paused=lambda: self.drain.draining)
         if not self.drain.install():
             log.warning("SIGTERM handler not installed: readiness will not fail before shutdown",
                         extra={"event": "drain_unavailable"})
@@ -80,8 +95,21 @@ class KronosService:
             log.error("model load failed", exc_info=not isinstance(exc, CheckpointError),
                       extra={"event": "model_load_failed", "error": self.runner.load_error})
 
+    @bentoml.on_startup
+    async def start_background_work(self) -> None:
+        """The job runner and (when configured) the RabbitMQ consumer, on this worker's event
+        loop; both wait for the model."""
+        self.jobs.start()
+        self.queue.start()
+
+    @bentoml.on_shutdown
+    async def stop_background_work(self) -> None:
+        await self.queue.stop()
+        await self.jobs.stop()
+
     def __is_ready__(self) -> bool:
-        return bool(self.runner.variants) and self.siblings.all_ready()
+        return (bool(self.runner.variants) and self.siblings.all_ready()
+                and not self.queue.blocks_readiness())
 
     def readiness(self) -> dict[str, Any]:
         """What /v1/readyz reports."""
@@ -93,6 +121,9 @@ class KronosService:
         if not self.siblings.all_ready():  # this worker is loaded, a sibling is not yet
             return {"ready": False, "status": "loading", "error": None,
                     "workers_ready": f"{self.siblings.ready_workers()}/{self.siblings.workers}"}
+        if self.queue.blocks_readiness():
+            return {"ready": False, "status": "queue_unavailable", "error": self.queue.error,
+                    "queue": self.queue.status()}
         first = self.runner.variants[0]
         return {"ready": True, "status": "ready", "workers": self.settings.workers,
                 "device": first.device,
@@ -104,7 +135,9 @@ class KronosService:
                             if any(v.source.is_dev for v in self.runner.variants) else None),
                 "variants": [{"model": v.source.name, "model_version": v.version,
                               "weight": v.weight, "device": v.device,
-                              "max_context": v.forecaster.max_context} for v in self.runner.variants]}
+                              "max_context": v.forecaster.max_context} for v in self.runner.variants],
+                "queue": self.queue.status(),
+                "store": self.store.state()}
 
     # -- request handling --------------------------------------------------------------------
     async def _serve(self, ctx: bentoml.Context, route: str, bodies: list[SingleRequest],
@@ -121,7 +154,9 @@ class KronosService:
         try:
             try:
                 results = await asyncio.wait_for(
-                    self.runner.run(bodies, request_id, index_errors=batch), self.settings.timeout_s)
+                    self.runner.run(bodies, request_id, index_errors=batch, route=route,
+                                    key_id=caller_key_id(ctx.request.scope) or ""),
+                    self.settings.timeout_s)
             except TimeoutError as exc:  # queued jobs are dropped; a running batch finishes alone
                 raise RequestFailed(504, f"timed out after {self.settings.timeout_s} s "
                                          "(queue wait and forecast)", retry_after=5) from exc

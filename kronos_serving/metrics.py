@@ -21,6 +21,11 @@ def _histogram(name: str, documentation: str, buckets: tuple, labels: tuple = ("
                                      labelnames=list(labels), buckets=buckets)
 
 
+def _gauge(name: str, documentation: str, labels: list[str], mode: str):
+    return bentoml.metrics.Gauge(name=name, documentation=documentation, labelnames=labels,
+                                 multiprocess_mode=mode)
+
+
 class Metrics:
     """Lazily created metric families (the multiprocess directory is set up by BentoML first)."""
 
@@ -91,15 +96,88 @@ class Metrics:
 
     @cached_property
     def in_flight(self):
-        return bentoml.metrics.Gauge(
-            name="kronos_in_flight_requests", documentation="Forecast requests being served",
-            labelnames=["route"], multiprocess_mode="livesum")
+        return _gauge("kronos_in_flight_requests", "Forecast requests being served", ["route"],
+                      "livesum")
 
     @cached_property
     def model_info(self):
+        return _gauge("kronos_model_info", "Loaded model variants (1 per worker)",
+                      ["model", "version", "device"], "livesum")
+
+    @cached_property
+    def jobs(self):
+        return _gauge("kronos_jobs", "Forecast jobs in the store by status", ["status"],
+                      "mostrecent")
+
+    @cached_property
+    def job_latency(self):
+        return _histogram("kronos_job_duration_seconds", "Job submit-to-finish time by final status",
+                          LATENCY_BUCKETS, ("status",))
+
+    @cached_property
+    def store_write(self):
+        return _histogram("kronos_store_write_seconds", "Store write latency by operation",
+                          LATENCY_BUCKETS, ("operation",))
+
+    @cached_property
+    def store_errors(self):
+        return bentoml.metrics.Counter(
+            name="kronos_store_errors", documentation="Failed store operations by operation",
+            labelnames=["operation"])
+
+    @cached_property
+    def records_dropped(self):
+        return bentoml.metrics.Counter(
+            name="kronos_store_records_dropped",
+            documentation="Forecast records not written (queue_full, store_error)",
+            labelnames=["reason"])
+
+    # -- RabbitMQ queue workers (kronos_serving/queue) ---------------------------------------
+    @cached_property
+    def queue_consumed(self):
+        return bentoml.metrics.Counter(
+            name="kronos_queue_messages_consumed", documentation="Queue messages received",
+            labelnames=["queue"])
+
+    @cached_property
+    def queue_redelivered(self):
+        return bentoml.metrics.Counter(
+            name="kronos_queue_messages_redelivered",
+            documentation="Queue messages received again (after a failure, a killed worker or a "
+                          "broker restart)", labelnames=["queue"])
+
+    @cached_property
+    def queue_replied(self):
+        return bentoml.metrics.Counter(
+            name="kronos_queue_replies", documentation="Replies confirmed by the broker, by status",
+            labelnames=["queue", "status"])
+
+    @cached_property
+    def queue_retried(self):
+        return bentoml.metrics.Counter(
+            name="kronos_queue_messages_retried",
+            documentation="Failed queue messages handed back for another attempt", labelnames=["queue"])
+
+    @cached_property
+    def queue_dead_lettered(self):
+        return bentoml.metrics.Counter(
+            name="kronos_queue_messages_dead_lettered",
+            documentation="Queue messages sent to the dead-letter queue after their last attempt",
+            labelnames=["queue"])
+
+    @cached_property
+    def queue_consumers(self):
         return bentoml.metrics.Gauge(
-            name="kronos_model_info", documentation="Loaded model variants (1 per worker)",
-            labelnames=["model", "version", "device"], multiprocess_mode="livesum")
+            name="kronos_queue_consumers", documentation="Workers consuming the queue",
+            labelnames=["queue"], multiprocess_mode="livesum")
+
+    @cached_property
+    def average_inference(self):
+        return bentoml.metrics.Gauge(
+            name="kronos_average_inference_seconds",
+            documentation="Moving average of the forecast time of one queue message (the "
+                          "scheduling platform's average_inference_time)",
+            labelnames=["queue"], multiprocess_mode="livemostrecent")
 
 
 def exposition() -> tuple[bytes, str]:

@@ -9,6 +9,8 @@ from typing import Mapping
 
 import yaml
 
+from kronos_runtime.engine import Priority
+
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = SOURCE_ROOT / "configuration" / "kronos.yaml"
 BENTO_MANIFEST = SOURCE_ROOT.parent / "bento.yaml"  # present when running from a built Bento
@@ -62,6 +64,24 @@ class Settings:
     protect_metrics: bool = False
     max_request_size_mb: float = 16.0
     rate_limit_per_minute: int = 0
+    store_url: str = ""
+    data_dir: str = ""
+    record_forecasts: bool = True
+    store_inputs: bool = False
+    retention_days: float = 30.0
+    record_queue_size: int = 10000
+    jobs_enabled: bool = True
+    job_concurrency: int = 8
+    job_lease_s: float = 30.0
+    job_max_attempts: int = 3
+    job_poll_s: float = 0.2
+    amqp_url: str = ""
+    amqp_queue: str = "kronos.forecast"
+    amqp_prefetch: int = 4
+    amqp_priority: str = "background"
+    amqp_max_retries: int = 3
+    amqp_required_for_ready: bool = False
+    amqp_record_jobs: bool = False
 
     @property
     def torch_threads(self) -> int:
@@ -129,4 +149,7 @@ def check(settings: Settings) -> Settings:
         if getattr(settings, default) > getattr(settings, limit):
             raise ValueError(f"setting {default}={getattr(settings, default)} exceeds "
                              f"{limit}={getattr(settings, limit)}")
+    if settings.amqp_prefetch < 1 or settings.amqp_max_retries < 0:
+        raise ValueError("settings amqp_prefetch must be >= 1 and amqp_max_retries >= 0")
+    Priority.parse(settings.amqp_priority)  # raises ValueError naming the accepted values
     return settings

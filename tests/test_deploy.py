@@ -142,3 +142,86 @@ def test_service_monitor_matches_its_crd_schema():
     for monitor in monitors:
         jsonschema.validate(monitor, schema)
         assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+# Trigger metadata KEDA's scalers read (pkg/scalers/rabbitmq_scaler.go, prometheus_scaler.go,
+# cpu_memory_scaler.go); "<name>FromEnv" reads <name> from the target container's environment.
+KEDA_TRIGGER_KEYS = {
+    "rabbitmq": {"queueName", "mode", "queueLength", "value", "activationValue", "host", "protocol",
+                 "vhostName", "useRegex", "excludeUnacknowledged", "pageSize", "operation",
+                 "timeout", "unsafeSsl"},
+    "prometheus": {"serverAddress", "query", "queryParameters", "threshold", "activationThreshold",
+                   "namespace", "customHeaders", "ignoreNullValues", "unsafeSsl", "timeout"},
+    "cpu": {"type", "value", "containerName"},
+}
+
+
+def strict(schema: dict) -> dict:
+    """The CRD schema with unknown fields rejected (the API server would prune them silently)."""
+    if isinstance(schema, dict):
+        schema = {key: strict(value) for key, value in schema.items()}
+        if schema.get("type") == "object" and "properties" in schema:
+            schema.setdefault("additionalProperties", False)
+    elif isinstance(schema, list):
+        schema = [strict(item) for item in schema]
+    return schema
+
+
+def test_keda_manifests_validate_against_the_keda_crd_and_kubernetes():
+    import jsonschema
+    import kubernetes_validate
+
+    documents = [doc for path in sorted((DEPLOY / "k8s" / "keda").glob("*.yaml"))
+                 for doc in load_documents(path)]
+    schema = strict(yaml.safe_load(
+        (DEPLOY / "k8s" / "schemas" / "keda-scaledobject.schema.yaml").read_text()))
+    manifests = [*(DEPLOY / "k8s").glob("*.yaml"), *(DEPLOY / "k8s" / "keda").glob("*.yaml")]
+    deployments = {doc["metadata"]["name"]: doc for path in manifests
+                   for doc in load_documents(path) if doc["kind"] == "Deployment"}
+    scaled = [doc for doc in documents if doc["kind"] == "ScaledObject"]
+    assert {doc["kind"] for doc in documents} == {"Deployment", "Secret", "ScaledObject"}
+    version = kubernetes_validate.latest_version()
+    for doc in documents:
+        if doc["kind"] != "ScaledObject":
+            kubernetes_validate.validate(doc, version, strict=True)
+    triggers = {}
+    for so in scaled:
+        assert so["apiVersion"] == "keda.sh/v1alpha1" and so["metadata"]["name"]
+        jsonschema.validate(so, schema)
+        assert so["spec"]["minReplicaCount"] == 1  # at least one instance per model
+        target = deployments[so["spec"]["scaleTargetRef"]["name"]]
+        container = target["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container.get("env", [])}
+        for trigger in so["spec"]["triggers"]:
+            keys = {k[:-len("FromEnv")] if k.endswith("FromEnv") else k for k in trigger["metadata"]}
+            assert keys <= KEDA_TRIGGER_KEYS[trigger["type"]], (so["metadata"]["name"], keys)
+            for key, value in trigger["metadata"].items():
+                if key.endswith("FromEnv"):
+                    assert value in env, f"{value} is not in {target['metadata']['name']}'s env"
+            triggers.setdefault(trigger["type"], []).append((trigger, target, env))
+    (queue_trigger, queue_target, queue_env), = triggers["rabbitmq"]
+    assert queue_trigger["metadata"]["mode"] == "QueueLength"
+    assert queue_trigger["metadata"]["queueName"] == queue_env["KRONOS_AMQP_QUEUE"]["value"]
+    assert queue_env["KRONOS_AMQP_URL"]["valueFrom"]["secretKeyRef"]["name"] == "kronos-amqp"
+    pod = queue_target["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] and pod["tolerations"]  # on GPU nodes
+    assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/v1/readyz"
+    http_targets = {target["metadata"]["name"] for _, target, _ in triggers["prometheus"]}
+    assert http_targets == {"kronos-cpu", "kronos-gpu"}
+    assert all("kronos_in_flight_requests" in t["metadata"]["query"] for t, _, _ in triggers["prometheus"])
+
+
+def test_queue_worker_deployments_use_known_settings():
+    from dataclasses import fields
+
+    from kronos_serving.settings import Settings
+
+    known = {f"KRONOS_{f.name.upper()}" for f in fields(Settings)}
+    compose = yaml.safe_load((DEPLOY / "compose.rabbitmq.yaml").read_text())["services"]
+    assert "management" in compose["rabbitmq"]["image"]  # the management plugin is on
+    worker = compose["kronos-worker"]["environment"]
+    assert worker["KRONOS_AMQP_URL"].startswith("amqp://") and "rabbitmq" in worker["KRONOS_AMQP_URL"]
+    queue = load_documents(DEPLOY / "k8s" / "keda" / "deployment-queue.yaml")[0]
+    names = set(worker) | {e["name"] for e in queue["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert {name for name in names if name.startswith("KRONOS_")} <= known
