@@ -35,6 +35,7 @@ class ForecastRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     quantiles: Sequence[float] = ()
     return_samples: bool = False
+    calendar: str | None = None  # future timestamps' calendar: auto, 24/7, business_days, XNYS...
 
 
 @dataclass
@@ -99,7 +100,8 @@ class KronosForecaster:
         request.sampling.validate()
         validate_quantiles(request.quantiles)
         return prepare_series(request.data, request.pred_len, request.timestamps,
-                              request.future_timestamps, request.lookback, self.default_freq)
+                              request.future_timestamps, request.lookback, self.default_freq,
+                              request.calendar)
 
     def forecast(self, requests: Sequence[ForecastRequest], progress: bool = False
                  ) -> list[ForecastResult]:

@@ -58,7 +58,8 @@ def to_forecast_request(body: SingleRequest, settings: Settings) -> ForecastRequ
         sample_count=sample_count, seed=body.seed)
     return ForecastRequest(data=frame, pred_len=pred_len, timestamps=body.timestamps,
                            future_timestamps=body.future_timestamps, lookback=body.lookback,
-                           sampling=sampling, quantiles=body.quantiles or ())
+                           sampling=sampling, quantiles=body.quantiles or (),
+                           calendar=body.calendar, return_samples=bool(body.return_samples))
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -71,10 +72,15 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def to_response(result: ForecastResult, quantiles_asked: bool, model: str, version: str,
-                device: str, request_id: str) -> dict[str, Any]:
+                device: str, request_id: str, calendar: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
     body: dict[str, Any] = {"predictions": _records(result.mean)}
     if quantiles_asked:
         body["quantiles"] = {f"{level:g}": _records(frame) for level, frame in result.quantiles.items()}
+    if result.samples is not None:
+        body["samples"] = {name: result.samples[:, :, i].tolist() for i, name in enumerate(ALL_COLUMNS)}
+    if calendar is not None:
+        body["calendar"] = calendar
     body.update(model=model, model_version=version, device=device, request_id=request_id,
                 seed=result.seed)
     return body
