@@ -54,10 +54,12 @@ def usual_step(index: pd.DatetimeIndex) -> pd.Timedelta:
     return pd.Timedelta(int(values[np.argmax(counts)]), unit="ns")
 
 
-def continue_step(index: pd.DatetimeIndex, periods: int) -> pd.DatetimeIndex:
-    """``periods`` timestamps after ``index`` at its step (pandas frequency, else the usual gap)."""
+def continue_step(index: pd.DatetimeIndex, periods: int, every_day: bool = False
+                  ) -> pd.DatetimeIndex:
+    """``periods`` timestamps after ``index`` at its step (pandas frequency, else the usual gap);
+    ``every_day`` ignores business-day frequencies (a 24/7 market was asked for)."""
     freq = pd.infer_freq(index) if len(index) >= 3 else None
-    if freq is not None:
+    if freq is not None and not (every_day and freq.startswith(("B", "C"))):
         return pd.date_range(start=index[-1], periods=periods + 1, freq=freq)[1:]
     step = usual_step(index)
     return pd.DatetimeIndex([index[-1] + step * (i + 1) for i in range(periods)])
@@ -167,7 +169,7 @@ def continue_timestamps(index: pd.DatetimeIndex, periods: int, calendar: str | N
     """``periods`` future timestamps after ``index`` and the rule that made them."""
     name = (calendar or "auto").strip()
     if name.lower() == "24/7" or len(index) < 2:
-        return continue_step(index, periods), CONTINUOUS
+        return continue_step(index, periods, every_day=True), CONTINUOUS
     step = usual_step(index)
     weekdays_only = not trades_on_weekends(index)
     if name.lower() in ("auto", "business_days"):
