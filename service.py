@@ -1,8 +1,9 @@
 """Kronos forecasting service (BentoML 1.4).
 
-Routes: POST /v1/predict/single, POST /v1/predict/batch, GET /v1/healthz, /v1/readyz, /v1/metrics
-(plus BentoML's own /healthz, /readyz, /metrics). Every request goes through the variant's
-batcher, so concurrent requests run as one ragged runtime call. Run: ``make serve``.
+Routes: POST /v1/predict/single, POST /v1/predict/batch, POST /v1/backtest, GET /v1/healthz,
+/v1/readyz, /v1/metrics (plus BentoML's own /healthz, /readyz, /metrics) and the page at /ui.
+Every request goes through the variant's batcher, so concurrent requests run as one ragged
+runtime call. Run: ``make serve``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kronos_runtime import CheckpointError  # noqa: E402
 from kronos_serving.accounting import record_request  # noqa: E402
+from kronos_serving.backtesting import BacktestRequest, serve_backtest  # noqa: E402
 from kronos_serving.draining import Drain  # noqa: E402
 from kronos_serving.forecasting import ForecastRunner, RequestFailed, input_summary  # noqa: E402
 from kronos_serving.guard import GuardMiddleware  # noqa: E402
@@ -31,6 +33,7 @@ from kronos_serving.metrics import METRICS  # noqa: E402
 from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
 from kronos_serving.settings import Settings, load_settings  # noqa: E402
 from kronos_serving.tracing import tracing_config  # noqa: E402
+from kronos_serving.ui_app import ui_app  # noqa: E402
 from kronos_serving.validation_errors import ValidationErrorMiddleware  # noqa: E402
 from kronos_serving.variants import load_variant, resolve_sources  # noqa: E402
 from kronos_serving.worker_readiness import SiblingReadiness  # noqa: E402
@@ -48,6 +51,7 @@ def service_resources(settings: Settings) -> dict[str, Any]:
 
 
 @bentoml.asgi_app(health_app, path="/v1")
+@bentoml.asgi_app(ui_app, path="/ui")
 @bentoml.service(name="kronos", resources=service_resources(SETTINGS), workers=SETTINGS.workers,
                  traffic={"timeout": SETTINGS.timeout_s + 30}, tracing=tracing_config(SETTINGS))
 class KronosService:
@@ -156,6 +160,11 @@ class KronosService:
     async def predict_batch(self, ctx: bentoml.Context, batch: list[SingleRequest]) -> dict[str, Any]:
         """Forecast several series; results come back in order."""
         return await self._serve(ctx, "/v1/predict/batch", batch, batch=True)
+
+    @bentoml.api(route="/v1/backtest", input_spec=BacktestRequest)
+    async def backtest(self, ctx: bentoml.Context, **fields: Any) -> dict[str, Any]:
+        """Rolling-origin backtest of the served model versions against naive baselines."""
+        return await serve_backtest(self.runner, ctx, BacktestRequest(**fields))
 
 
 KronosService.add_asgi_middleware(

@@ -57,6 +57,7 @@ class Settings:
     protect_metrics: bool = False
     max_request_size_mb: float = 16.0
     rate_limit_per_minute: int = 0
+    max_backtest_folds: int = 200
 
     @property
     def torch_threads(self) -> int:

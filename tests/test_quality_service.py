@@ -1,0 +1,93 @@
+"""Backtests, calendars and the /ui page against a real server (and a real headless Chromium)."""
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, make_candles
+from local_server import import_dev_model, running_server
+
+DOCS_SCREENSHOT = ROOT / "docs" / "ui" / "quality-page.png"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("bentoml-home")
+    tags = [import_dev_model(home, "kronos-tiny", seed=1), import_dev_model(home, "kronos-tiny", seed=2)]
+    env = {"KRONOS_VARIANTS": f"{tags[0]}=50,{tags[1]}=50", "KRONOS_MAX_WAIT_MS": "20",
+           "KRONOS_MAX_BACKTEST_FOLDS": "20"}
+    with running_server(home, env, tmp_path_factory.mktemp("logs") / "server.log") as srv:
+        yield srv
+
+
+def post(server, route, body):
+    return httpx.post(server.url + route, json=body, timeout=120)
+
+
+def versions(server) -> list[str]:
+    return [v["model_version"] for v in httpx.get(server.url + "/v1/readyz").json()["variants"]]
+
+
+def test_backtest_folds_equal_direct_forecasts(server):
+    frame, stamps = make_candles(60, seed=8)
+    iso = [t.isoformat() for t in stamps]
+    body = {"series": [{"data": frame.to_numpy().tolist(), "timestamps": iso}], "horizon": 4,
+            "folds": 3, "step": 3, "lookback": 32, "sample_count": 2, "seed": 5,
+            "quantiles": [0.1, 0.9], "temperature": 0.8}
+    response = post(server, "/v1/backtest", body)
+    assert response.status_code == 200, response.text
+    report = response.json()
+    served = versions(server)
+    assert len(report["folds"]) == 3 * len(served)
+    assert set(report["metrics"]) == {*served, "naive", "seasonal_naive"}
+    assert {"mae", "rmse", "mape", "smape", "mase", "direction_accuracy", "coverage", "pinball_loss",
+            "crps"} <= set(report["metrics"][served[0]]["close"])
+    for fold in report["folds"]:
+        origin = iso.index(fold["origin"]) + 1
+        direct = post(server, "/v1/predict/single", {
+            "data": body["series"][0]["data"][:origin], "timestamps": iso[:origin], "lookback": 32,
+            "future_timestamps": iso[origin:origin + 4], "pred_len": 4, "sample_count": 2, "seed": 5,
+            "quantiles": [0.1, 0.9], "temperature": 0.8, "model_version": fold["model_version"]})
+        assert direct.status_code == 200, direct.text
+        predictions = direct.json()["predictions"]
+        np.testing.assert_allclose(fold["forecast"]["close"], [p["close"] for p in predictions],
+                                   rtol=1e-5)
+        assert fold["actual"]["close"] == pytest.approx(frame["close"].iloc[origin:origin + 4].tolist())
+        assert fold["timestamps"] == [p["timestamp"] for p in predictions]
+
+
+def test_backtest_rejects_bad_input_naming_the_field(server):
+    frame, stamps = make_candles(20)
+    series = [{"data": frame.to_numpy().tolist(), "timestamps": [t.isoformat() for t in stamps]}]
+    for body, field in (({"series": series, "horizon": 10, "folds": 3}, "folds"),
+                        ({"series": series, "horizon": 2, "folds": 15}, "folds"),  # 15 x 2 > 20
+                        ({"series": series, "horizon": 2, "model_versions": ["nope"]}, "model_version"),
+                        ({"series": series, "horizon": 2, "season_period": 19}, "season_period")):
+        response = post(server, "/v1/backtest", body)
+        assert response.status_code == 400, response.text
+        assert response.json()["field"] == field
+    bad_stamps = [dict(series[0], timestamps=series[0]["timestamps"][::-1])]
+    response = post(server, "/v1/backtest", {"series": bad_stamps, "horizon": 2})
+    assert response.status_code == 400 and response.json()["field"] == "series[0].timestamps"
+
+
+def test_forecast_response_names_the_calendar_rule(server):
+    frame, stamps = make_candles(30, freq="B", start="2024-12-02")
+    body = {"data": frame.to_numpy().tolist(), "timestamps": [t.isoformat() for t in stamps],
+            "pred_len": 3, "calendar": "XNYS"}
+    response = post(server, "/v1/predict/single", body)
+    assert response.status_code == 200, response.text
+    assert response.json()["calendar"] == {"rule": "exchange", "name": "XNYS", "session": None}
+    # The input ends on Friday 2025-01-10: the next sessions are Monday to Wednesday.
+    assert [p["timestamp"][:10] for p in response.json()["predictions"]] == [
+        "2025-01-13", "2025-01-14", "2025-01-15"]
+    plain = post(server, "/v1/predict/single", {**body, "calendar": None, "return_samples": True,
+                                                "sample_count": 2})
+    assert plain.json()["calendar"]["rule"] == "business_days"
+    assert np.shape(plain.json()["samples"]["close"]) == (2, 3)
+    unknown = post(server, "/v1/predict/single", {**body, "calendar": "NOPE"})
+    assert unknown.status_code == 400 and unknown.json()["field"] == "calendar"
