@@ -91,3 +91,69 @@ def test_forecast_response_names_the_calendar_rule(server):
     assert np.shape(plain.json()["samples"]["close"]) == (2, 3)
     unknown = post(server, "/v1/predict/single", {**body, "calendar": "NOPE"})
     assert unknown.status_code == 400 and unknown.json()["field"] == "calendar"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium through its chromedriver (apt: chromium chromium-driver)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path, chromium = shutil.which("chromedriver"), shutil.which("chromium")
+    if not driver_path or not chromium:
+        pytest.fail("chromium and chromium-driver are needed: make system-deps")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1280,1900"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, script: str, timeout: float = 90):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+        lambda d: d.execute_script(script), message=f"page never satisfied: {script}")
+
+
+def test_ui_draws_a_forecast_and_a_backtest(server, browser, tmp_path):
+    browser.get(server.url + "/ui/")
+    wait_for(browser, "return document.getElementById('model-version').options.length === 3")
+    assert "ready: 2 model version(s)" in browser.find_element("id", "service-status").text
+    browser.find_element("id", "load-example").click()
+    wait_for(browser, "return document.getElementById('data-summary').textContent.includes('120 rows')")
+
+    browser.find_element("id", "run-forecast").click()
+    wait_for(browser, "return document.getElementById('forecast-chart').dataset.drawn === 'true'")
+    chart = browser.execute_script(
+        "const c = Chart.getChart('forecast-chart'); return {labels: c.data.labels.length, "
+        "sets: c.data.datasets.map(d => [d.label, d.data.filter(v => v !== null).length])};")
+    assert chart["labels"] == 120 + 12
+    sets = dict(chart["sets"])
+    assert sets["history close"] == 120 and sets["band 0.1-0.9"] == 12
+    assert any(label.startswith("forecast close") and n == 13 for label, n in chart["sets"])
+    assert "calendar rule: continuous" in browser.find_element("id", "forecast-summary").text
+    browser.save_screenshot(str(tmp_path / "forecast.png"))
+
+    browser.find_element("id", "horizon").clear()
+    browser.find_element("id", "horizon").send_keys("6")
+    browser.find_element("id", "run-backtest").click()
+    wait_for(browser, "return document.getElementById('backtest-chart').dataset.drawn === 'true'")
+    rows = browser.execute_script("return [...document.querySelectorAll('#metrics-table tbody tr')]"
+                                  ".map(r => r.cells[0].textContent)")
+    assert sorted(rows) == sorted([*versions(server), "naive", "seasonal_naive"])
+    fold_lines = browser.execute_script(
+        "return Chart.getChart('backtest-chart').data.datasets.filter(d => d.label.startsWith('_'))"
+        ".map(d => d.data.filter(v => v !== null).length)")
+    assert fold_lines == [6] * 8  # 4 folds x 2 model versions, 6 steps each
+    assert browser.find_element("id", "error").text == ""
+    browser.save_screenshot(str(tmp_path / "backtest.png"))
+    DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tmp_path / "backtest.png", DOCS_SCREENSHOT)
+
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == [], errors
