@@ -11,9 +11,12 @@ install: $(STAMP) system-deps
 
 # nginx: the hybrid-deployment routing test runs Debian's nginx in front of two local services.
 # chromium + chromium-driver: the /ui page test drives a real headless Chromium (Selenium).
+# postgresql: the store tests start a temporary PostgreSQL cluster (tests/test_store.py, test_jobs.py).
 system-deps:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 	@command -v chromedriver >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
 

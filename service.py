@@ -1,9 +1,10 @@
 """Kronos forecasting service (BentoML 1.4).
 
 Routes: POST /v1/predict/single, POST /v1/predict/batch, POST /v1/backtest, GET /v1/healthz,
-/v1/readyz, /v1/metrics (plus BentoML's own /healthz, /readyz, /metrics) and the page at /ui.
-Every request goes through the variant's batcher, so concurrent requests run as one ragged
-runtime call. Run: ``make serve``.
+/v1/readyz, /v1/metrics (plus BentoML's own /healthz, /readyz, /metrics); forecast jobs (POST/GET
+/v1/jobs, GET/DELETE /v1/jobs/{job_id}), forecast records (GET /v1/forecasts/{request_id}) and
+the page at /ui. Every request goes through the variant's batcher, so concurrent requests run as
+one ragged runtime call. Run: ``make serve``.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import bentoml
 import torch
+from starlette.applications import Starlette
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -26,12 +28,15 @@ from kronos_serving.accounting import record_request  # noqa: E402
 from kronos_serving.backtesting import BacktestRequest, serve_backtest  # noqa: E402
 from kronos_serving.draining import Drain  # noqa: E402
 from kronos_serving.forecasting import ForecastRunner, RequestFailed, input_summary  # noqa: E402
-from kronos_serving.guard import GuardMiddleware  # noqa: E402
+from kronos_serving.guard import GuardMiddleware, caller_key_id  # noqa: E402
 from kronos_serving.health import health_app  # noqa: E402
+from kronos_serving.jobs import api as jobs_api  # noqa: E402
+from kronos_serving.jobs.worker import JobWorker  # noqa: E402
 from kronos_serving.logs import configure_json_logging, current_trace_ids  # noqa: E402
 from kronos_serving.metrics import METRICS  # noqa: E402
 from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
 from kronos_serving.settings import Settings, load_settings  # noqa: E402
+from kronos_serving.store import RecordWriter, Store  # noqa: E402
 from kronos_serving.tracing import tracing_config  # noqa: E402
 from kronos_serving.ui_app import ui_app  # noqa: E402
 from kronos_serving.validation_errors import ValidationErrorMiddleware  # noqa: E402
@@ -40,6 +45,7 @@ from kronos_serving.worker_readiness import SiblingReadiness  # noqa: E402
 
 log = logging.getLogger("kronos.service")
 SETTINGS = load_settings()
+V1_APP = Starlette(routes=[*health_app.routes, *jobs_api.routes])  # mounted at /v1
 
 
 def service_resources(settings: Settings) -> dict[str, Any]:
@@ -50,7 +56,7 @@ def service_resources(settings: Settings) -> dict[str, Any]:
     return resources
 
 
-@bentoml.asgi_app(health_app, path="/v1")
+@bentoml.asgi_app(V1_APP, path="/v1")
 @bentoml.asgi_app(ui_app, path="/ui")
 @bentoml.service(name="kronos", resources=service_resources(SETTINGS), workers=SETTINGS.workers,
                  traffic={"timeout": SETTINGS.timeout_s + 30}, tracing=tracing_config(SETTINGS))
@@ -62,6 +68,10 @@ class KronosService:
         configure_json_logging(SETTINGS.log_level)
         torch.set_num_threads(SETTINGS.torch_threads)
         self.runner = ForecastRunner(SETTINGS)
+        self.store = Store(SETTINGS)
+        if SETTINGS.record_forecasts:
+            self.runner.recorder = RecordWriter(self.store.records, SETTINGS, self.store.ready).submit
+        self.jobs = JobWorker(self.store, self.runner, SETTINGS)
         self.drain = Drain(SETTINGS.drain_delay_s)
         self.siblings = SiblingReadiness(SETTINGS.workers)
         if not self.drain.install():
@@ -83,6 +93,14 @@ class KronosService:
             self.runner.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model load failed", exc_info=not isinstance(exc, CheckpointError),
                       extra={"event": "model_load_failed", "error": self.runner.load_error})
+
+    @bentoml.on_startup
+    async def start_jobs(self) -> None:
+        self.jobs.start()
+
+    @bentoml.on_shutdown
+    async def stop_jobs(self) -> None:
+        await self.jobs.stop()
 
     def __is_ready__(self) -> bool:
         return bool(self.runner.variants) and self.siblings.all_ready()
@@ -108,7 +126,8 @@ class KronosService:
                             if any(v.source.is_dev for v in self.runner.variants) else None),
                 "variants": [{"model": v.source.name, "model_version": v.version,
                               "weight": v.weight, "device": v.device,
-                              "max_context": v.forecaster.max_context} for v in self.runner.variants]}
+                              "max_context": v.forecaster.max_context} for v in self.runner.variants],
+                "store": self.store.state()}
 
     # -- request handling --------------------------------------------------------------------
     async def _serve(self, ctx: bentoml.Context, route: str, bodies: list[SingleRequest],
@@ -125,7 +144,9 @@ class KronosService:
         try:
             try:
                 results = await asyncio.wait_for(
-                    self.runner.run(bodies, request_id, index_errors=batch), self.settings.timeout_s)
+                    self.runner.run(bodies, request_id, index_errors=batch, route=route,
+                                    key_id=caller_key_id(ctx.request.scope) or ""),
+                    self.settings.timeout_s)
             except TimeoutError as exc:  # queued jobs are dropped; a running batch finishes alone
                 raise RequestFailed(504, f"timed out after {self.settings.timeout_s} s "
                                          "(queue wait and forecast)", retry_after=5) from exc

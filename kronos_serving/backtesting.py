@@ -138,7 +138,7 @@ async def run_backtest(runner: ForecastRunner, body: BacktestRequest, request_id
         runner.variant_for(SingleRequest.model_construct())  # 503 while loading
     bodies = [fold_body(fold, spec, version) for version in versions for fold in folds]
     responses = await runner.run(bodies, request_id, index_errors=False,
-                                 priority=Priority.BACKGROUND)
+                                 priority=Priority.BACKGROUND, route=ROUTE)
     forecasts: dict[str, list[FoldForecast]] = {}
     for i, _ in enumerate(versions):
         per_version = responses[i * len(folds):(i + 1) * len(folds)]

@@ -6,7 +6,9 @@ variants at the caller's priority and turns the results into the sync response's
 """
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+from typing import Any, Callable, Optional
 
 from kronos_runtime import InputError
 from kronos_runtime.engine import Priority
@@ -17,6 +19,7 @@ from .requests import to_forecast_request, to_response
 from .routing import choose
 from .schemas import SingleRequest
 from .settings import Settings
+from .store.records import Forecast
 from .tracing import tracer
 from .variants import Variant
 
@@ -48,6 +51,8 @@ class ForecastRunner:
         self.settings = settings
         self.variants: list[Variant] = []
         self.load_error: str | None = None
+        # Every forecast (each call of run) is handed here to be recorded; None: not recorded.
+        self.recorder: Optional[Callable[[Forecast], None]] = None
 
     def variant_for(self, body: SingleRequest) -> Variant:
         if not self.variants:
@@ -80,8 +85,34 @@ class ForecastRunner:
         return prepared
 
     async def run(self, bodies: list[SingleRequest], request_id: str, index_errors: bool,
-                  priority: Priority = Priority.INTERACTIVE) -> list[dict[str, Any]]:
-        """Validate every body, forecast them at ``priority``; response bodies in input order."""
+                  priority: Priority = Priority.INTERACTIVE, route: str = "",
+                  key_id: str = "") -> list[dict[str, Any]]:
+        """Validate every body, forecast them at ``priority``; response bodies in input order.
+
+        Every call, failed ones included, is handed to ``recorder`` with ``route`` and ``key_id``
+        (status 499 when the caller canceled it: a timeout or a canceled job)."""
+        started = time.perf_counter()
+        results, status, error = None, 500, None
+        try:
+            results = await self._forecast(bodies, request_id, index_errors, priority)
+            status = 200
+            return results
+        except RequestFailed as exc:
+            status, error = exc.status, exc.error
+            raise
+        except asyncio.CancelledError:
+            status, error = 499, "canceled before it finished (timeout or job canceled)"
+            raise
+        except Exception as exc:
+            error = f"forecast failed: {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if self.recorder is not None:
+                self.recorder(Forecast(request_id, route, key_id, bodies, results, status,
+                                       (time.perf_counter() - started) * 1000, error))
+
+    async def _forecast(self, bodies: list[SingleRequest], request_id: str, index_errors: bool,
+                        priority: Priority) -> list[dict[str, Any]]:
         prepared = self.prepare(bodies, index_errors)
         by_variant: dict[int, list[int]] = {}
         for i, (variant, _, _) in enumerate(prepared):

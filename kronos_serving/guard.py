@@ -17,7 +17,9 @@ from typing import Any, Awaitable, Callable
 OPEN_PATHS = ("/v1/healthz", "/v1/readyz", "/healthz", "/readyz", "/livez")
 OPEN_PREFIX = "/ui"  # the static page (its API calls carry the key the user types in)
 METRICS_PATHS = ("/metrics", "/v1/metrics")
-JSON_ONLY_PREFIX = "/v1/predict"
+JSON_ONLY_PREFIXES = ("/v1/predict", "/v1/jobs")
+BODY_METHODS = ("POST", "PUT", "PATCH")
+KEY_ID_STATE = "kronos_key_id"  # scope["state"] entry: the caller's key id (a hash, never the key)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
@@ -41,6 +43,16 @@ def is_json(content_type: bytes | None) -> bool:
         return True
     kind = content_type.split(b";")[0].strip().lower()
     return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))
+
+
+def key_id(key: bytes) -> str:
+    """A stable id for an API key (jobs and records are owned by it); not the key itself."""
+    return hashlib.sha256(b"kronos-key-id:" + key).hexdigest()[:16]
+
+
+def caller_key_id(scope: Scope) -> str | None:
+    """The authenticated caller's key id, None when API keys are off."""
+    return (scope.get("state") or {}).get(KEY_ID_STATE)
 
 
 def key_matches(candidate: bytes, keys: list[bytes]) -> bool:
@@ -105,12 +117,15 @@ class GuardMiddleware:
         if self.keys and (key is None or not key_matches(key, self.keys)):
             return await reply(send, 401, "missing or invalid API key",
                                {"WWW-Authenticate": 'Bearer realm="kronos"'})
+        if self.keys:
+            scope.setdefault("state", {})[KEY_ID_STATE] = key_id(key)
         if self.limiter:
             client = hashlib.sha256(key).hexdigest() if key else (scope.get("client") or ("?",))[0]
             wait = self.limiter.retry_after(client)
             if wait:
                 return await reply(send, 429, "rate limit exceeded", {"Retry-After": str(wait)})
-        if scope.get("path", "").startswith(JSON_ONLY_PREFIX) and not is_json(
+        if scope.get("method") in BODY_METHODS and scope.get("path", "").startswith(
+                JSON_ONLY_PREFIXES) and not is_json(
                 headers.get(b"content-type")):
             return await reply(send, 415, "Content-Type must be application/json",
                                field="Content-Type")

@@ -70,6 +70,35 @@ class Metrics:
             name="kronos_model_info", documentation="Loaded model variants (1 per worker)",
             labelnames=["model", "version", "device"], multiprocess_mode="livesum")
 
+    @cached_property
+    def jobs(self):
+        return bentoml.metrics.Gauge(
+            name="kronos_jobs", documentation="Forecast jobs in the store by status",
+            labelnames=["status"], multiprocess_mode="mostrecent")
+
+    @cached_property
+    def job_latency(self):
+        return _histogram("kronos_job_duration_seconds", "Job submit-to-finish time by final status",
+                          LATENCY_BUCKETS, ("status",))
+
+    @cached_property
+    def store_write(self):
+        return _histogram("kronos_store_write_seconds", "Store write latency by operation",
+                          LATENCY_BUCKETS, ("operation",))
+
+    @cached_property
+    def store_errors(self):
+        return bentoml.metrics.Counter(
+            name="kronos_store_errors", documentation="Failed store operations by operation",
+            labelnames=["operation"])
+
+    @cached_property
+    def records_dropped(self):
+        return bentoml.metrics.Counter(
+            name="kronos_store_records_dropped",
+            documentation="Forecast records not written (queue_full, store_error)",
+            labelnames=["reason"])
+
 
 def exposition() -> tuple[bytes, str]:
     """The Prometheus text BentoML serves on /metrics (all workers), and its content type."""

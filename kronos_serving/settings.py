@@ -57,6 +57,17 @@ class Settings:
     protect_metrics: bool = False
     max_request_size_mb: float = 16.0
     rate_limit_per_minute: int = 0
+    store_url: str = ""
+    data_dir: str = ""
+    record_forecasts: bool = True
+    store_inputs: bool = False
+    retention_days: float = 30.0
+    record_queue_size: int = 10000
+    jobs_enabled: bool = True
+    job_concurrency: int = 8
+    job_lease_s: float = 30.0
+    job_max_attempts: int = 3
+    job_poll_s: float = 0.2
     max_backtest_folds: int = 200
 
     @property

@@ -1,0 +1,1 @@
+"""Forecast jobs: the HTTP routes (``api``) and the runner in every worker (``worker``)."""
