@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kronos_runtime import CheckpointError  # noqa: E402
 from kronos_serving.accounting import record_request  # noqa: E402
+from kronos_serving.accuracy import routes as accuracy_routes  # noqa: E402
 from kronos_serving.backtesting import BacktestRequest, serve_backtest  # noqa: E402
 from kronos_serving.draining import Drain  # noqa: E402
 from kronos_serving.forecasting import ForecastRunner, RequestFailed, input_summary  # noqa: E402
@@ -45,7 +46,7 @@ from kronos_serving.worker_readiness import SiblingReadiness  # noqa: E402
 
 log = logging.getLogger("kronos.service")
 SETTINGS = load_settings()
-V1_APP = Starlette(routes=[*health_app.routes, *jobs_api.routes])  # mounted at /v1
+V1_APP = Starlette(routes=[*health_app.routes, *jobs_api.routes, *accuracy_routes])  # at /v1
 
 
 def service_resources(settings: Settings) -> dict[str, Any]:

@@ -18,9 +18,11 @@ from ..settings import Settings
 from .errors import describe
 from .database import make_engine, migrate, redacted, store_url
 from .jobs import JobRecord, JobStore
+from .outcomes import OutcomeStore
 from .records import Forecast, RecordStore, RecordWriter, cutoff
 
-__all__ = ["Forecast", "JobRecord", "JobStore", "RecordStore", "RecordWriter", "Store"]
+__all__ = ["Forecast", "JobRecord", "JobStore", "OutcomeStore", "RecordStore", "RecordWriter",
+           "Store"]
 log = logging.getLogger("kronos.store")
 RETRY_MIGRATION_S = 5.0
 
@@ -34,6 +36,7 @@ class Store:
         self.engine = make_engine(self.url)
         self.jobs = JobStore(self.engine, settings.job_max_attempts)
         self.records = RecordStore(self.engine)
+        self.outcomes = OutcomeStore(self.engine)
         self.migrated = False
         self.error: Optional[str] = None
         self._last_try = 0.0
