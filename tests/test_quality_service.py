@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 
 import httpx
 import numpy as np
@@ -157,3 +158,41 @@ def test_ui_draws_a_forecast_and_a_backtest(server, browser, tmp_path):
 
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == [], errors
+
+
+def test_live_accuracy_scores_outcomes_once(server):
+    frame, stamps = make_candles(40, freq="B", start="2024-01-02")
+    rows, iso = frame.to_numpy().tolist(), [t.isoformat() for t in stamps]
+    version = versions(server)[0]
+    forecast = post(server, "/v1/predict/single", {
+        "data": rows[:37], "timestamps": iso[:37], "pred_len": 3, "series_id": "ACME",
+        "quantiles": [0.1, 0.9], "sample_count": 4, "seed": 3, "model_version": version})
+    assert forecast.status_code == 200, forecast.text
+    assert [p["timestamp"] for p in forecast.json()["predictions"]] == iso[37:]  # business days
+    request_id = forecast.json()["request_id"]
+    for _ in range(100):  # records are written off the request path
+        if httpx.get(f"{server.url}/v1/forecasts/{request_id}").status_code == 200:
+            break
+        time.sleep(0.1)
+    partial = post(server, "/v1/outcomes", {"series_id": "ACME", "timestamps": iso[37:39],
+                                            "data": rows[37:39]})
+    assert partial.status_code == 200, partial.text
+    assert partial.json()["scored_steps"] == 2
+    repeated = post(server, "/v1/outcomes", {"series_id": "ACME", "timestamps": iso[37:],
+                                             "data": rows[37:]})
+    assert repeated.json()["new_outcomes"] == 1 and repeated.json()["scored_steps"] == 1
+
+    accuracy = httpx.get(server.url + "/v1/accuracy", params={"model_version": version}).json()
+    close = accuracy["metrics"][version]["close"]
+    predicted = [p["close"] for p in forecast.json()["predictions"]]
+    assert close["count"] == 3 and accuracy["scored_steps"] == {version: 3}
+    assert close["mae"] == pytest.approx(np.mean(np.abs(np.array(predicted) - frame["close"][37:])))
+    assert {"rmse", "mape", "smape", "mase", "direction_accuracy", "coverage", "interval_coverage",
+            "pinball_loss"} <= set(close)
+    metrics = httpx.get(server.url + "/v1/metrics").text
+    for step in ("1", "2", "3"):
+        assert (f'kronos_forecast_abs_error_count{{model_version="{version}",step="{step}"}} 1.0'
+                in metrics)
+    bad = post(server, "/v1/outcomes", {"series_id": "ACME", "timestamps": iso[:2], "data": rows[:1]})
+    assert bad.status_code == 400 and bad.json()["field"] == "timestamps"
+    assert httpx.get(server.url + "/v1/accuracy", params={"since": "nope"}).status_code == 400
