@@ -94,6 +94,44 @@ def test_forecast_response_names_the_calendar_rule(server):
     assert unknown.status_code == 400 and unknown.json()["field"] == "calendar"
 
 
+def test_live_accuracy_scores_outcomes_once(server):
+    frame, stamps = make_candles(40, freq="B", start="2024-01-02")
+    rows, iso = frame.to_numpy().tolist(), [t.isoformat() for t in stamps]
+    version = versions(server)[0]
+    forecast = post(server, "/v1/predict/single", {
+        "data": rows[:37], "timestamps": iso[:37], "pred_len": 3, "series_id": "ACME",
+        "quantiles": [0.1, 0.9], "sample_count": 4, "seed": 3, "model_version": version})
+    assert forecast.status_code == 200, forecast.text
+    assert [p["timestamp"] for p in forecast.json()["predictions"]] == iso[37:]  # business days
+    request_id = forecast.json()["request_id"]
+    for _ in range(100):  # records are written off the request path
+        if httpx.get(f"{server.url}/v1/forecasts/{request_id}").status_code == 200:
+            break
+        time.sleep(0.1)
+    partial = post(server, "/v1/outcomes", {"series_id": "ACME", "timestamps": iso[37:39],
+                                            "data": rows[37:39]})
+    assert partial.status_code == 200, partial.text
+    assert partial.json()["scored_steps"] == 2
+    repeated = post(server, "/v1/outcomes", {"series_id": "ACME", "timestamps": iso[37:],
+                                             "data": rows[37:]})
+    assert repeated.json()["new_outcomes"] == 1 and repeated.json()["scored_steps"] == 1
+
+    accuracy = httpx.get(server.url + "/v1/accuracy", params={"model_version": version}).json()
+    close = accuracy["metrics"][version]["close"]
+    predicted = [p["close"] for p in forecast.json()["predictions"]]
+    assert close["count"] == 3 and accuracy["scored_steps"] == {version: 3}
+    assert close["mae"] == pytest.approx(np.mean(np.abs(np.array(predicted) - frame["close"][37:])))
+    assert {"rmse", "mape", "smape", "mase", "direction_accuracy", "coverage", "interval_coverage",
+            "pinball_loss"} <= set(close)
+    metrics = httpx.get(server.url + "/v1/metrics").text
+    for step in ("1", "2", "3"):
+        assert (f'kronos_forecast_abs_error_count{{model_version="{version}",step="{step}"}} 1.0'
+                in metrics)
+    bad = post(server, "/v1/outcomes", {"series_id": "ACME", "timestamps": iso[:2], "data": rows[:1]})
+    assert bad.status_code == 400 and bad.json()["field"] == "timestamps"
+    assert httpx.get(server.url + "/v1/accuracy", params={"since": "nope"}).status_code == 400
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Debian's headless Chromium through its chromedriver (apt: chromium chromium-driver)."""
@@ -106,7 +144,7 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1280,1900"):
+                 "--window-size=1280,2300"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
@@ -152,47 +190,19 @@ def test_ui_draws_a_forecast_and_a_backtest(server, browser, tmp_path):
         ".map(d => d.data.filter(v => v !== null).length)")
     assert fold_lines == [6] * 8  # 4 folds x 2 model versions, 6 steps each
     assert browser.find_element("id", "error").text == ""
-    browser.save_screenshot(str(tmp_path / "backtest.png"))
+
+    browser.find_element("id", "refresh-live").click()  # live accuracy per model version
+    live = httpx.get(server.url + "/v1/accuracy").json()["scored_steps"]
+    wait_for(browser, "return document.getElementById('live-summary').textContent !== ''")
+    live_rows = browser.execute_script("return [...document.querySelectorAll('#live-table tbody tr')]"
+                                       ".map(r => r.cells[0].textContent)")
+    assert sorted(live_rows) == sorted(live)
+    for version, steps in live.items():
+        assert f"{version}: {steps} scored steps" in browser.find_element("id", "live-summary").text
+    browser.save_screenshot(str(tmp_path / "page.png"))
     DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(tmp_path / "backtest.png", DOCS_SCREENSHOT)
+    shutil.copyfile(tmp_path / "page.png", DOCS_SCREENSHOT)
 
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == [], errors
 
-
-def test_live_accuracy_scores_outcomes_once(server):
-    frame, stamps = make_candles(40, freq="B", start="2024-01-02")
-    rows, iso = frame.to_numpy().tolist(), [t.isoformat() for t in stamps]
-    version = versions(server)[0]
-    forecast = post(server, "/v1/predict/single", {
-        "data": rows[:37], "timestamps": iso[:37], "pred_len": 3, "series_id": "ACME",
-        "quantiles": [0.1, 0.9], "sample_count": 4, "seed": 3, "model_version": version})
-    assert forecast.status_code == 200, forecast.text
-    assert [p["timestamp"] for p in forecast.json()["predictions"]] == iso[37:]  # business days
-    request_id = forecast.json()["request_id"]
-    for _ in range(100):  # records are written off the request path
-        if httpx.get(f"{server.url}/v1/forecasts/{request_id}").status_code == 200:
-            break
-        time.sleep(0.1)
-    partial = post(server, "/v1/outcomes", {"series_id": "ACME", "timestamps": iso[37:39],
-                                            "data": rows[37:39]})
-    assert partial.status_code == 200, partial.text
-    assert partial.json()["scored_steps"] == 2
-    repeated = post(server, "/v1/outcomes", {"series_id": "ACME", "timestamps": iso[37:],
-                                             "data": rows[37:]})
-    assert repeated.json()["new_outcomes"] == 1 and repeated.json()["scored_steps"] == 1
-
-    accuracy = httpx.get(server.url + "/v1/accuracy", params={"model_version": version}).json()
-    close = accuracy["metrics"][version]["close"]
-    predicted = [p["close"] for p in forecast.json()["predictions"]]
-    assert close["count"] == 3 and accuracy["scored_steps"] == {version: 3}
-    assert close["mae"] == pytest.approx(np.mean(np.abs(np.array(predicted) - frame["close"][37:])))
-    assert {"rmse", "mape", "smape", "mase", "direction_accuracy", "coverage", "interval_coverage",
-            "pinball_loss"} <= set(close)
-    metrics = httpx.get(server.url + "/v1/metrics").text
-    for step in ("1", "2", "3"):
-        assert (f'kronos_forecast_abs_error_count{{model_version="{version}",step="{step}"}} 1.0'
-                in metrics)
-    bad = post(server, "/v1/outcomes", {"series_id": "ACME", "timestamps": iso[:2], "data": rows[:1]})
-    assert bad.status_code == 400 and bad.json()["field"] == "timestamps"
-    assert httpx.get(server.url + "/v1/accuracy", params={"since": "nope"}).status_code == 400

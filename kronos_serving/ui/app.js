@@ -180,10 +180,23 @@ function sameTime(a, b) { return new Date(a.replace(" ", "T")).getTime() === new
 
 function drawMetrics() {
   if (!state.backtest) return;
-  const column = $("metric-column").value;
-  const metrics = state.backtest.metrics;
+  metricsTable($("metrics-table"), state.backtest.metrics, $("metric-column").value);
+}
+
+async function refreshLive() {
+  const since = $("live-since").value;
+  const live = await api(`/v1/accuracy${since ? `?since=${since}` : ""}`);
+  const versions = Object.keys(live.metrics);
+  metricsTable($("live-table"), live.metrics, "close");
+  $("live-summary").textContent = versions.length
+    ? versions.map((v) => `${v}: ${live.scored_steps[v]} scored steps`).join("; ")
+    : "No scored forecasts yet: send forecasts with a series_id, then their outcomes.";
+}
+
+// One row per model version (or baseline), one column per metric; the best value in bold.
+function metricsTable(table, metrics, column) {
+  metrics = Object.fromEntries(Object.entries(metrics).filter(([, m]) => m[column]));
   const shown = METRICS.filter(([key]) => Object.values(metrics).some((m) => m[column][key] !== undefined));
-  const table = $("metrics-table");
   table.tHead.innerHTML = `<tr><th>model version / baseline</th>${shown.map(([, t]) => `<th>${t}</th>`).join("")}</tr>`;
   const best = {};
   for (const [key] of shown) {
@@ -226,5 +239,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("metric-column").addEventListener("change", drawMetrics);
   guarded("run-forecast", runForecast);
   guarded("run-backtest", runBacktest);
-  loadVersions();
+  guarded("refresh-live", refreshLive);
+  loadVersions().then(() => refreshLive().catch((err) => { $("live-summary").textContent = err.message; }));
 });
