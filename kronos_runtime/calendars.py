@@ -25,7 +25,7 @@ import pandas as pd
 from .errors import InputError
 
 DAY = pd.Timedelta(days=1)
-NAMED_RULES = ("auto", "24/7", "business_days")
+MAX_CLOSED_DAYS = 30  # more closed days in a row: the calendar has ended (or has no sessions)
 
 
 @dataclass(frozen=True)
@@ -107,12 +107,21 @@ def session_bars(last: pd.Timestamp, periods: int, step: pd.Timedelta,
         if day_bounds and candidate.normalize() == day and candidate - day <= day_bounds[1]:
             current = candidate
         else:
-            day += DAY
-            while (day_bounds := bounds(day)) is None:
-                day += DAY
-            current = day + day_bounds[0]
+            current = next_session_start(day, bounds)
         out.append(current)
     return pd.DatetimeIndex(out)
+
+
+def next_session_start(day: pd.Timestamp,
+                       bounds: Callable[[pd.Timestamp], tuple[pd.Timedelta, pd.Timedelta] | None]
+                       ) -> pd.Timestamp:
+    """The first bar of the first trading day after ``day``."""
+    for _ in range(MAX_CLOSED_DAYS):
+        day += DAY
+        if (day_bounds := bounds(day)) is not None:
+            return day + day_bounds[0]
+    raise InputError("calendar", f"no trading session within {MAX_CLOSED_DAYS} days after "
+                                 f"{day.date()} (past the calendar's end?)")
 
 
 def inferred_session(index: pd.DatetimeIndex, periods: int, step: pd.Timedelta,
@@ -149,6 +158,9 @@ def exchange_timestamps(index: pd.DatetimeIndex, periods: int, step: pd.Timedelt
     rule = CalendarRule("exchange", name=name)
     if step >= DAY:
         following = sessions[sessions > last.normalize()][:periods]
+        if len(following) < periods:
+            raise InputError("calendar", f"{name} has {len(following)} sessions after "
+                                         f"{last.date()}, {periods} needed")
         return following + (last - last.normalize()), rule
     opens = calendar.schedule["open"].dt.tz_convert(calendar.tz).dt.tz_localize(None)
     closes = calendar.schedule["close"].dt.tz_convert(calendar.tz).dt.tz_localize(None)
@@ -167,7 +179,7 @@ def exchange_timestamps(index: pd.DatetimeIndex, periods: int, step: pd.Timedelt
 def continue_timestamps(index: pd.DatetimeIndex, periods: int, calendar: str | None = None
                         ) -> tuple[pd.DatetimeIndex, CalendarRule]:
     """``periods`` future timestamps after ``index`` and the rule that made them."""
-    name = (calendar or "auto").strip()
+    name = (calendar or "").strip() or "auto"
     if name.lower() == "24/7" or len(index) < 2:
         return continue_step(index, periods, every_day=True), CONTINUOUS
     step = usual_step(index)
@@ -180,16 +192,4 @@ def continue_timestamps(index: pd.DatetimeIndex, periods: int, calendar: str | N
             return inferred_session(index, periods, step, weekdays_only or asked)
         return continue_step(index, periods), CONTINUOUS
     return exchange_timestamps(index, periods, step, name.upper())
-
-
-def validate_calendar(name: str | None) -> None:
-    """Reject an unknown calendar name before any work (the field names it)."""
-    if name is None or name.strip().lower() in NAMED_RULES:
-        return
-    import exchange_calendars
-
-    if name.strip().upper() not in exchange_calendars.get_calendar_names(include_aliases=True):
-        raise InputError("calendar", f"unknown calendar {name!r}; use auto, 24/7, business_days or "
-                                     "an exchange code such as XNYS")
-
 
