@@ -1,6 +1,7 @@
 """Backtests, calendars and the /ui page against a real server (and a real headless Chromium)."""
 from __future__ import annotations
 
+import re
 import shutil
 import time
 
@@ -206,3 +207,17 @@ def test_ui_draws_a_forecast_and_a_backtest(server, browser, tmp_path):
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == [], errors
 
+
+
+@pytest.mark.parametrize("needle", ["/v1/backtest", "/v1/outcomes"])
+def test_readme_examples(server, needle, monkeypatch, capsys):
+    readme = (ROOT / "README.md").read_text()
+    [code] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if needle in block]
+    monkeypatch.chdir(ROOT)  # examples/prices.csv
+    exec(compile(code.replace("http://localhost:3000", server.url), "README", "exec"), {})
+    printed = capsys.readouterr().out
+    if needle == "/v1/backtest":
+        assert "naive" in printed and "seasonal_naive" in printed
+    else:
+        assert "['2024-05-06T00:00:00', '2024-05-07T00:00:00'] business_days" in printed
+        assert "'scored_steps': 1" in printed and "'mae'" in printed
