@@ -2,9 +2,9 @@
 
 Routes: POST /v1/predict/single, POST /v1/predict/batch, POST /v1/backtest, GET /v1/healthz,
 /v1/readyz, /v1/metrics (plus BentoML's own /healthz, /readyz, /metrics); forecast jobs (POST/GET
-/v1/jobs, GET/DELETE /v1/jobs/{job_id}), forecast records (GET /v1/forecasts/{request_id}) and
-the page at /ui. Every request goes through the variant's batcher, so concurrent requests run as
-one ragged runtime call. Run: ``make serve``.
+/v1/jobs, GET/DELETE /v1/jobs/{job_id}), forecast records (GET /v1/forecasts/{request_id}), live
+accuracy (POST /v1/outcomes, GET /v1/accuracy) and the page at /ui. Every request goes through
+the variant's batcher, so concurrent requests run as one ragged runtime call. Run: ``make serve``.
 """
 from __future__ import annotations
 
