@@ -72,7 +72,7 @@ class KronosService:
         self.store = Store(SETTINGS)
         if SETTINGS.record_forecasts:
             self.runner.recorder = RecordWriter(self.store.records, SETTINGS, self.store.ready).submit
-        self.jobs = JobWorker(self.store, self.runner, SETTINGS)
+        self.jobs = JobWorker(self.store, self.runner, SETTINGS, paused=lambda: self.drain.draining)
         self.drain = Drain(SETTINGS.drain_delay_s)
         self.siblings = SiblingReadiness(SETTINGS.workers)
         if not self.drain.install():

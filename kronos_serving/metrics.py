@@ -20,6 +20,11 @@ def _histogram(name: str, documentation: str, buckets: tuple, labels: tuple = ("
                                      labelnames=list(labels), buckets=buckets)
 
 
+def _gauge(name: str, documentation: str, labels: list[str], mode: str):
+    return bentoml.metrics.Gauge(name=name, documentation=documentation, labelnames=labels,
+                                 multiprocess_mode=mode)
+
+
 class Metrics:
     """Lazily created metric families (the multiprocess directory is set up by BentoML first)."""
 
@@ -61,21 +66,18 @@ class Metrics:
 
     @cached_property
     def in_flight(self):
-        return bentoml.metrics.Gauge(
-            name="kronos_in_flight_requests", documentation="Forecast requests being served",
-            labelnames=["route"], multiprocess_mode="livesum")
+        return _gauge("kronos_in_flight_requests", "Forecast requests being served", ["route"],
+                      "livesum")
 
     @cached_property
     def model_info(self):
-        return bentoml.metrics.Gauge(
-            name="kronos_model_info", documentation="Loaded model variants (1 per worker)",
-            labelnames=["model", "version", "device"], multiprocess_mode="livesum")
+        return _gauge("kronos_model_info", "Loaded model variants (1 per worker)",
+                      ["model", "version", "device"], "livesum")
 
     @cached_property
     def jobs(self):
-        return bentoml.metrics.Gauge(
-            name="kronos_jobs", documentation="Forecast jobs in the store by status",
-            labelnames=["status"], multiprocess_mode="mostrecent")
+        return _gauge("kronos_jobs", "Forecast jobs in the store by status", ["status"],
+                      "mostrecent")
 
     @cached_property
     def job_latency(self):

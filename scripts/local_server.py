@@ -41,6 +41,25 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def worker_pids(self) -> list[int]:
+        """The server's worker processes (children of the arbiter, each in its own session)."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.process.pid:
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def kill(self) -> None:
+        """SIGKILL the workers, then the arbiter: a crash, nothing cleaned up."""
+        for pid in self.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
 
 @contextmanager
 def running_server(bentoml_home: Path, env: dict[str, str], log_path: Path,

@@ -38,7 +38,12 @@ def test_curl_examples(server, index):
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     body = json.loads(done.stdout)
-    assert "predictions" in body or "results" in body, body
+    if "job_id" in body:  # the job example polls until the job is done
+        assert body["status"] == "succeeded" and len(body["result"]["predictions"]) == 2, body
+    elif "forecasts" in body:  # the record of the earlier request with X-Request-ID: my-req-1
+        assert body["forecasts"][0]["request_id"] == "my-req-1", body
+    else:
+        assert "predictions" in body or "results" in body, body
 
 
 def test_python_client_example(server, capsys):
@@ -46,6 +51,12 @@ def test_python_client_example(server, capsys):
     exec(compile(code, "README", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert printed[-1] == "[2, 1]"
+
+
+def test_python_job_polling_example(server, capsys):
+    code = blocks("python", "/v1/jobs")[0].replace("http://localhost:3000", server.url)
+    exec(compile(code, "README", "exec"), {})
+    assert capsys.readouterr().out.splitlines()[-1] == "succeeded [2, 1]"
 
 
 def test_cli_and_python_runtime_examples(tmp_path):

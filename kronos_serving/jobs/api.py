@@ -19,6 +19,7 @@ from starlette.routing import Route
 from ..forecasting import RequestFailed
 from ..guard import caller_key_id
 from ..schemas import BatchRequest, SingleRequest
+from ..store import JobRecord
 from ..store.errors import describe
 from ..store.schema import FINISHED, JOB_STATUSES
 from ..validation_errors import with_field
@@ -98,30 +99,29 @@ async def submit_job(request: Request) -> JSONResponse:
                         status_code=202 if created else 200, headers={"Location": status_url})
 
 
-async def get_job(request: Request) -> JSONResponse:
-    service = _service()
+async def _job(request: Request, operation: str, function) -> JobRecord | JSONResponse:
+    """``function(job_id, owner)`` on the store: the job, or the 404/503 to answer."""
     job_id = request.path_params["job_id"]
     try:
-        job = await store_call("read", service.store.jobs.get, job_id, owner_filter(request))
+        job = await store_call(operation, function, job_id, owner_filter(request))
     except Exception as exc:
         return store_down(exc)
-    if job is None:
-        return error(404, f"job_id: no job {job_id!r}", "job_id")
-    return JSONResponse(job.public())
+    return job if job is not None else error(404, f"job_id: no job {job_id!r}", "job_id")
+
+
+async def get_job(request: Request) -> JSONResponse:
+    job = await _job(request, "read", _service().store.jobs.get)
+    return job if isinstance(job, JSONResponse) else JSONResponse(job.public())
 
 
 async def cancel_job(request: Request) -> JSONResponse:
     service = _service()
-    job_id = request.path_params["job_id"]
-    try:
-        job = await store_call("cancel", service.store.jobs.cancel, job_id, owner_filter(request))
-    except Exception as exc:
-        return store_down(exc)
-    if job is None:
-        return error(404, f"job_id: no job {job_id!r}", "job_id")
+    job = await _job(request, "cancel", service.store.jobs.cancel)
+    if isinstance(job, JSONResponse):
+        return job
     if job.status != "canceled" and job.status in FINISHED:
         return error(409, f"job_id: job already {job.status}", "job_id")
-    service.jobs.cancel_local(job_id)
+    service.jobs.cancel_local(job.id)
     return JSONResponse(job.public())
 
 

@@ -61,8 +61,11 @@ def job_error(status: int, error: str, field: str | None = None) -> dict[str, An
 class JobWorker:
     """Runs up to ``job_concurrency`` jobs at once in this worker's event loop."""
 
-    def __init__(self, store: Store, runner: ForecastRunner, settings: Settings) -> None:
+    def __init__(self, store: Store, runner: ForecastRunner, settings: Settings,
+                 paused: Callable[[], bool] = lambda: False) -> None:
         self.store, self.runner, self.settings = store, runner, settings
+        self.paused = paused  # e.g. draining: claim nothing new
+        self.stopping = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.running: dict[str, asyncio.Task] = {}
         self.loop_task: asyncio.Task | None = None
@@ -87,6 +90,7 @@ class JobWorker:
 
     async def stop(self) -> None:
         """Stop the loop and the running jobs; their jobs go back to the queue at once."""
+        self.stopping = True
         if self.loop_task is not None:
             self.loop_task.cancel()
         for task in list(self.running.values()):
@@ -133,7 +137,8 @@ class JobWorker:
             for job_id in canceled:
                 self.cancel_local(job_id)
         free = self.settings.job_concurrency - len(self.running)
-        if not self.settings.jobs_enabled or not self.runner.variants or free <= 0:
+        if (not self.settings.jobs_enabled or not self.runner.variants or free <= 0
+                or self.paused()):
             return
         claimed = await store_call("claim", self.store.jobs.claim, self.worker_id,
                                    self.settings.job_lease_s, free)
@@ -170,7 +175,7 @@ class JobWorker:
                                 result):
                 outcome = "succeeded"
         except asyncio.CancelledError:
-            outcome = "canceled"  # canceled by DELETE (stored already) or at shutdown
+            outcome = "released" if self.stopping else "canceled"  # shutdown, or DELETE
         except RequestFailed as exc:
             error = job_error(exc.status, exc.error, exc.field)
             if exc.status == 503:  # busy or loading: try again later, the attempt is given back
