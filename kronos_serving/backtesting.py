@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from kronos_runtime import InputError, SamplingParams
+from kronos_runtime import InputError
 from kronos_runtime.backtest import (BASELINES, BacktestSpec, Fold, FoldForecast, Series,
                                      backtest_report, load_series, plan_folds, season_periods)
 from kronos_runtime.engine import Priority
@@ -23,7 +23,7 @@ from kronos_runtime.series import ALL_COLUMNS
 
 from .accounting import record_request
 from .forecasting import ForecastRunner, RequestFailed
-from .requests import _frame
+from .requests import _frame, _limit, sampling_params
 from .schemas import Probability, Row, SingleRequest
 from .settings import Settings
 
@@ -70,20 +70,12 @@ class BacktestRequest(BaseModel):
 
 def spec_of(body: BacktestRequest, settings: Settings) -> BacktestSpec:
     """The fold layout and sampling, with the service's defaults and limits applied."""
-    if body.horizon > settings.max_pred_len:
-        raise InputError("horizon", f"{body.horizon} exceeds the limit of {settings.max_pred_len}")
-    lookback = body.lookback or min(DEFAULT_LOOKBACK, settings.max_lookback)
-    if lookback > settings.max_lookback:
-        raise InputError("lookback", f"{lookback} exceeds the limit of {settings.max_lookback}")
-    sample_count = body.sample_count or settings.default_sample_count
-    if sample_count > settings.max_sample_count:
-        raise InputError("sample_count", f"{sample_count} exceeds the limit of "
-                                         f"{settings.max_sample_count}")
-    sampling = SamplingParams(
-        temperature=settings.default_temperature if body.temperature is None else body.temperature,
-        top_k=settings.default_top_k if body.top_k is None else body.top_k,
-        top_p=settings.default_top_p if body.top_p is None else body.top_p,
-        sample_count=sample_count, seed=body.seed)
+    _limit("horizon", body.horizon, settings.max_pred_len)
+    lookback = _limit("lookback", body.lookback or min(DEFAULT_LOOKBACK, settings.max_lookback),
+                      settings.max_lookback)
+    sample_count = _limit("sample_count", body.sample_count or settings.default_sample_count,
+                          settings.max_sample_count)
+    sampling = sampling_params(body, settings, sample_count)
     return BacktestSpec(horizon=body.horizon, folds=body.folds, step=body.step, lookback=lookback,
                         sampling=sampling, quantiles=tuple(body.quantiles or ()),
                         season_period=body.season_period)

@@ -39,6 +39,15 @@ def _limit(field: str, value: int, limit: int) -> int:
     return value
 
 
+def sampling_params(body: Any, settings: Settings, sample_count: int) -> SamplingParams:
+    """The sampling fields of a body (a forecast or a backtest), settings' defaults filled in."""
+    return SamplingParams(
+        temperature=settings.default_temperature if body.temperature is None else body.temperature,
+        top_k=settings.default_top_k if body.top_k is None else body.top_k,
+        top_p=settings.default_top_p if body.top_p is None else body.top_p,
+        sample_count=sample_count, seed=body.seed)
+
+
 def to_forecast_request(body: SingleRequest, settings: Settings) -> ForecastRequest:
     """Apply defaults and limits; raises InputError naming the field."""
     frame = _frame(body)
@@ -51,11 +60,7 @@ def to_forecast_request(body: SingleRequest, settings: Settings) -> ForecastRequ
                                  f"send fewer rows or set 'lookback'")
     sample_count = body.sample_count if body.sample_count is not None else settings.default_sample_count
     _limit("sample_count", sample_count, settings.max_sample_count)
-    sampling = SamplingParams(
-        temperature=settings.default_temperature if body.temperature is None else body.temperature,
-        top_k=settings.default_top_k if body.top_k is None else body.top_k,
-        top_p=settings.default_top_p if body.top_p is None else body.top_p,
-        sample_count=sample_count, seed=body.seed)
+    sampling = sampling_params(body, settings, sample_count)
     return ForecastRequest(data=frame, pred_len=pred_len, timestamps=body.timestamps,
                            future_timestamps=body.future_timestamps, lookback=body.lookback,
                            sampling=sampling, quantiles=body.quantiles or (),

@@ -7,7 +7,6 @@ import time
 
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import ROOT, make_candles
