@@ -7,6 +7,7 @@ per model version and forecast step, once per scored step.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import datetime
@@ -145,8 +146,9 @@ async def get_accuracy(request: Request) -> JSONResponse:
     counts: dict[str, int] = {}
     for score in scores:
         counts[score["model_version"] or "none"] = counts.get(score["model_version"] or "none", 0) + 1
+    metrics = await asyncio.to_thread(accuracy_metrics, scores)  # numpy work off the event loop
     return JSONResponse(json_safe({"model_version": version, "since": since.isoformat() if since else None,
-                                   "scored_steps": counts, "metrics": accuracy_metrics(scores)}))
+                                   "scored_steps": counts, "metrics": metrics}))
 
 
 routes = [Route("/outcomes", post_outcomes, methods=["POST"]),

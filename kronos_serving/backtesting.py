@@ -135,7 +135,7 @@ async def run_backtest(runner: ForecastRunner, body: BacktestRequest, request_id
     for i, _ in enumerate(versions):
         per_version = responses[i * len(folds):(i + 1) * len(folds)]
         forecasts[per_version[0]["model_version"]] = [fold_forecast(r) for r in per_version]
-    report = backtest_report(folds, series, spec, forecasts)
+    report = await asyncio.to_thread(backtest_report, folds, series, spec, forecasts)
     report["request_id"] = request_id
     return report
 

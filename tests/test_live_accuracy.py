@@ -81,3 +81,16 @@ def test_outcomes_score_each_forecast_step_once(store):
         for table in (ForecastScore, Outcome, ForecastRecord):
             connection.execute(table.__table__.delete())
     store.engine.dispose()
+
+
+def test_retention_deletes_old_outcomes_and_scores(tmp_path):
+    store = Store(Settings(data_dir=str(tmp_path), retention_days=1))
+    assert store.ready(), store.error
+    record(store, "AAPL", [13.0, 14.0, 15.0], "v1")
+    candle = {"open": 12.0, "high": 14.0, "low": 11.0, "close": 13.5}
+    store.outcomes.add("AAPL", pd.DatetimeIndex([STAMPS[0]]), [candle])
+    store.cleanup()  # nothing is a day old yet
+    assert len(store.outcomes.scores(None, None)) == 1
+    store.outcomes.delete_before(pd.Timestamp("2100-01-01").to_pydatetime())
+    assert store.outcomes.scores(None, None) == []
+    assert store.outcomes.add("AAPL", pd.DatetimeIndex([STAMPS[0]]), [candle])["new_outcomes"] == 1

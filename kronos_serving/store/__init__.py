@@ -85,8 +85,10 @@ class Store:
                 "url": redacted(self.url), "error": None if self.up else self.error}
 
     def cleanup(self) -> tuple[int, int]:
-        """Retention: delete records and finished jobs older than ``retention_days`` (0: keep)."""
+        """Retention: delete records and finished jobs older than ``retention_days`` (0: keep),
+        and the outcomes and scores of the same age."""
         if self.settings.retention_days <= 0:
             return 0, 0
         before = cutoff(self.settings.retention_days)
+        self.outcomes.delete_before(before)
         return self.records.delete_before(before), self.jobs.delete_finished_before(before)

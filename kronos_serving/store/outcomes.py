@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -120,3 +120,8 @@ class OutcomeStore:
         with self.engine.begin() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 
+    def delete_before(self, cutoff: datetime) -> None:
+        """Retention: scores of forecasts made before ``cutoff`` and outcomes received before it."""
+        with self.engine.begin() as connection:
+            connection.execute(delete(ForecastScore).where(ForecastScore.forecast_created_at < cutoff))
+            connection.execute(delete(Outcome).where(Outcome.received_at < cutoff))
