@@ -90,3 +90,22 @@ def test_forecaster_uses_the_calendar_for_time_features(tiny_checkpoint):
     given = forecaster.prepare(ForecastRequest(frame, 2, timestamps=times,
                                                future_timestamps=["2024-03-01", "2024-03-02"]))
     assert given.calendar.rule == "given"
+
+
+def test_cli_forecast_follows_the_calendar(tiny_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    frame, times = make_candles(30, freq="B", start="2024-11-15")  # ends Thursday 2024-12-26
+    frame.assign(timestamp=times).to_csv(tmp_path / "in.csv", index=False)
+    command = [sys.executable, "-m", "kronos_runtime", "forecast", "--model", str(tiny_checkpoint[0]),
+               "--tokenizer", str(tiny_checkpoint[1]), "--input", str(tmp_path / "in.csv"),
+               "--pred-len", "4", "--calendar", "XNYS", "--max-context", "64", "--no-progress",
+               "--output", str(tmp_path / "out.csv")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "calendar rule exchange XNYS" in done.stderr
+    written = pd.read_csv(tmp_path / "out.csv")["timestamp"].str[:10].tolist()
+    assert written == ["2024-12-27", "2024-12-30", "2024-12-31", "2025-01-02"]  # New Year closed
