@@ -44,8 +44,12 @@ def live_fields(body: SingleRequest, result: dict[str, Any]) -> dict[str, Any]:
         return {"series_id": body.series_id, "forecast_start": None, "forecast_end": None,
                 "reference": None}
     stamps = [p["timestamp"] for p in result["predictions"]]
+    try:
+        reference = reference_of(body)
+    except ValueError:  # never lose the record over it: direction and MASE are then null
+        reference = None
     return {"series_id": body.series_id, "forecast_start": datetime.fromisoformat(stamps[0]),
-            "forecast_end": datetime.fromisoformat(stamps[-1]), "reference": reference_of(body)}
+            "forecast_end": datetime.fromisoformat(stamps[-1]), "reference": reference}
 
 
 def step_values(record: Any, step: int, actual: dict[str, float]) -> dict[str, Any]:
