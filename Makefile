@@ -11,6 +11,7 @@ install: $(STAMP) system-deps
 
 # nginx: the hybrid-deployment routing test runs Debian's nginx in front of two local services.
 # rabbitmq-server: the queue-worker tests start a real broker (tests/test_queue.py).
+# chromium + chromium-driver: the /ui page test drives a real headless Chromium (Selenium).
 # postgresql: the store tests start a temporary PostgreSQL cluster (tests/test_store.py, test_jobs.py).
 system-deps:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
@@ -19,6 +20,8 @@ system-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 	@test -x /usr/lib/rabbitmq/bin/rabbitmq-server || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null)
+	@command -v chromedriver >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -1,10 +1,11 @@
 """Kronos forecasting service (BentoML 1.4).
 
-Routes: POST /v1/predict/single, POST /v1/predict/batch, GET /v1/healthz, /v1/readyz, /v1/metrics
-(plus BentoML's own /healthz, /readyz, /metrics); forecast jobs (POST/GET /v1/jobs,
-GET/DELETE /v1/jobs/{job_id}) and forecast records (GET /v1/forecasts/{request_id}). Every
-forecast goes through its variant's engine (continuous batching: concurrent requests share
-every decode step). Run: ``make serve``.
+Routes: POST /v1/predict/single, POST /v1/predict/batch, POST /v1/backtest, GET /v1/healthz,
+/v1/readyz, /v1/metrics (plus BentoML's own /healthz, /readyz, /metrics); forecast jobs (POST/GET
+/v1/jobs, GET/DELETE /v1/jobs/{job_id}), forecast records (GET /v1/forecasts/{request_id}), live
+accuracy (POST /v1/outcomes, GET /v1/accuracy) and the page at /ui. Every forecast goes through its
+variant's engine (continuous batching: concurrent requests share every decode step). Run:
+``make serve``.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kronos_runtime import CheckpointError  # noqa: E402
 from kronos_serving.accounting import record_request  # noqa: E402
+from kronos_serving.accuracy import routes as accuracy_routes  # noqa: E402
+from kronos_serving.backtesting import BacktestRequest, serve_backtest  # noqa: E402
 from kronos_serving.draining import Drain  # noqa: E402
 from kronos_serving.forecasting import ForecastRunner, RequestFailed, input_summary  # noqa: E402
 from kronos_serving.guard import GuardMiddleware, caller_key_id  # noqa: E402
@@ -38,13 +41,14 @@ from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
 from kronos_serving.settings import Settings, load_settings  # noqa: E402
 from kronos_serving.store import RecordWriter, Store  # noqa: E402
 from kronos_serving.tracing import tracing_config  # noqa: E402
+from kronos_serving.ui_app import ui_app  # noqa: E402
 from kronos_serving.validation_errors import ValidationErrorMiddleware  # noqa: E402
 from kronos_serving.variants import load_variant, resolve_sources  # noqa: E402
 from kronos_serving.worker_readiness import SiblingReadiness  # noqa: E402
 
 log = logging.getLogger("kronos.service")
 SETTINGS = load_settings()
-V1_APP = Starlette(routes=[*health_app.routes, *jobs_api.routes])  # mounted at /v1
+V1_APP = Starlette(routes=[*health_app.routes, *jobs_api.routes, *accuracy_routes])  # at /v1
 
 
 def service_resources(settings: Settings) -> dict[str, Any]:
@@ -56,6 +60,7 @@ def service_resources(settings: Settings) -> dict[str, Any]:
 
 
 @bentoml.asgi_app(V1_APP, path="/v1")
+@bentoml.asgi_app(ui_app, path="/ui")
 @bentoml.service(name="kronos", resources=service_resources(SETTINGS), workers=SETTINGS.workers,
                  traffic={"timeout": SETTINGS.timeout_s + 30}, tracing=tracing_config(SETTINGS))
 class KronosService:
@@ -191,6 +196,11 @@ class KronosService:
     async def predict_batch(self, ctx: bentoml.Context, batch: list[SingleRequest]) -> dict[str, Any]:
         """Forecast several series; results come back in order."""
         return await self._serve(ctx, "/v1/predict/batch", batch, batch=True)
+
+    @bentoml.api(route="/v1/backtest", input_spec=BacktestRequest)
+    async def backtest(self, ctx: bentoml.Context, **fields: Any) -> dict[str, Any]:
+        """Rolling-origin backtest of the served model versions against naive baselines."""
+        return await serve_backtest(self.runner, ctx, BacktestRequest(**fields))
 
 
 KronosService.add_asgi_middleware(

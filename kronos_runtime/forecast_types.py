@@ -24,6 +24,7 @@ class ForecastRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     quantiles: Sequence[float] = ()
     return_samples: bool = False
+    calendar: str | None = None  # future timestamps' calendar: auto, 24/7, business_days, XNYS...
 
 
 @dataclass

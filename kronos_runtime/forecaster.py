@@ -61,7 +61,8 @@ class KronosForecaster:
         request.sampling.validate()
         validate_quantiles(request.quantiles)
         return prepare_series(request.data, request.pred_len, request.timestamps,
-                              request.future_timestamps, request.lookback, self.default_freq)
+                              request.future_timestamps, request.lookback, self.default_freq,
+                              request.calendar)
 
     def engine(self, limits: EngineLimits | None = None, on_step=None) -> Engine:
         """A new engine over this model (the service starts one per model variant)."""

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .calendars import GIVEN, CalendarRule, continue_timestamps
 from .errors import InputError
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -32,6 +33,7 @@ class PreparedSeries:
     future_index: pd.DatetimeIndex
     history_start: pd.Timestamp
     history_end: pd.Timestamp
+    calendar: CalendarRule = GIVEN  # how future_index was made (see calendars.py)
 
     @property
     def length(self) -> int:
@@ -138,20 +140,15 @@ def check_increasing(index: pd.DatetimeIndex, field: str) -> None:
         raise InputError(field, f"timestamps must be strictly increasing (position {position})")
 
 
-def continue_index(index: pd.DatetimeIndex, periods: int) -> pd.DatetimeIndex:
-    """``periods`` timestamps after ``index`` at its step (pandas frequency, else the usual gap)."""
-    freq = pd.infer_freq(index) if len(index) >= 3 else None
-    if freq is not None:
-        return pd.date_range(start=index[-1], periods=periods + 1, freq=freq)[1:]
-    gaps = np.diff(index.asi8)
-    values, counts = np.unique(gaps, return_counts=True)
-    step = pd.Timedelta(int(values[np.argmax(counts)]), unit="ns")
-    return pd.DatetimeIndex([index[-1] + step * (i + 1) for i in range(periods)])
+def continue_index(index: pd.DatetimeIndex, periods: int, calendar: str | None = None
+                   ) -> pd.DatetimeIndex:
+    """``periods`` timestamps after ``index`` following its calendar (see calendars.py)."""
+    return continue_timestamps(index, periods, calendar)[0]
 
 
 def prepare_series(data: pd.DataFrame, pred_len: int, timestamps: Sequence | None = None,
                    future_timestamps: Sequence | None = None, lookback: int | None = None,
-                   default_freq: str = "1D") -> PreparedSeries:
+                   default_freq: str = "1D", calendar: str | None = None) -> PreparedSeries:
     """Validate and normalise one series exactly as the reference predictor does."""
     if not isinstance(pred_len, (int, np.integer)) or isinstance(pred_len, bool) or pred_len < 1:
         raise InputError("pred_len", "must be a positive integer")
@@ -173,12 +170,16 @@ def prepare_series(data: pd.DataFrame, pred_len: int, timestamps: Sequence | Non
     check_values(raw)
     if history is None:
         history = pd.date_range(start=DEFAULT_START, periods=len(raw), freq=default_freq)
+        calendar = calendar or "24/7"  # synthesized stamps: keep their step, infer nothing
     check_increasing(history, "timestamps")
+    rule = GIVEN
 
     future = to_datetime_index(future_timestamps, "future_timestamps")
     if future is None:
         try:
-            future = continue_index(history, pred_len)
+            future, rule = continue_timestamps(history, pred_len, calendar)
+        except InputError:
+            raise
         except (OverflowError, ValueError) as exc:  # pandas timestamps end in 2262
             raise InputError("timestamps", "forecast timestamps would run past the supported "
                                            f"range ({pd.Timestamp.max.date()})") from exc
@@ -194,4 +195,5 @@ def prepare_series(data: pd.DataFrame, pred_len: int, timestamps: Sequence | Non
     normalised = np.clip((values - mean) / (std + STD_EPS), -CLIP, CLIP)
     return PreparedSeries(values=normalised.astype(np.float32), mean=mean, std=std,
                           history_stamps=time_features(history), future_stamps=time_features(future),
-                          future_index=future, history_start=history[0], history_end=history[-1])
+                          future_index=future, history_start=history[0], history_end=history[-1],
+                          calendar=rule)

@@ -131,5 +131,6 @@ class ForecastRunner:
                         output.history_rows)
                     METRICS.horizon.labels(model_version=variant.version).observe(len(output.mean))
                     results[i] = to_response(output, bool(bodies[i].quantiles), variant.source.name,
-                                             variant.version, variant.device, request_id)
+                                             variant.version, variant.device, request_id,
+                                             prepared[i][2].calendar.to_dict())
         return results

@@ -15,6 +15,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 OPEN_PATHS = ("/v1/healthz", "/v1/readyz", "/healthz", "/readyz", "/livez")
+OPEN_PREFIX = "/ui"  # the static page (its API calls carry the key the user types in)
 METRICS_PATHS = ("/metrics", "/v1/metrics")
 JSON_ONLY_PREFIXES = ("/v1/predict", "/v1/jobs")
 BODY_METHODS = ("POST", "PUT", "PATCH")
@@ -105,7 +106,8 @@ class GuardMiddleware:
         self.protect_metrics = protect_metrics
 
     def _is_open(self, path: str) -> bool:
-        return path in OPEN_PATHS or (path in METRICS_PATHS and not self.protect_metrics)
+        return (path in OPEN_PATHS or path == OPEN_PREFIX or path.startswith(OPEN_PREFIX + "/")
+                or (path in METRICS_PATHS and not self.protect_metrics))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self._is_open(scope.get("path", "")):

@@ -13,6 +13,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 ROWS_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+ERROR_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 100, 1000)
 LENGTH_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -180,6 +181,22 @@ class Metrics:
             labelnames=["queue"], multiprocess_mode="livemostrecent")
 
 
+class AccuracyMetrics:
+    """Live accuracy of close per model version and forecast step (``POST /v1/outcomes``)."""
+
+    @cached_property
+    def abs_error(self):
+        return _histogram("kronos_forecast_abs_error", "Absolute error of the forecast close once "
+                          "the actual candle arrived", ERROR_BUCKETS, ("model_version", "step"))
+
+    @cached_property
+    def interval(self):
+        return bentoml.metrics.Counter(
+            name="kronos_forecast_interval", documentation="Scored forecast steps with quantiles, "
+            "by whether the actual close fell inside the outer quantiles",
+            labelnames=["model_version", "step", "covered"])
+
+
 def exposition() -> tuple[bytes, str]:
     """The Prometheus text BentoML serves on /metrics (all workers), and its content type."""
     from bentoml._internal.configuration.containers import BentoMLContainer
@@ -189,3 +206,4 @@ def exposition() -> tuple[bytes, str]:
 
 
 METRICS = Metrics()
+ACCURACY = AccuracyMetrics()

@@ -39,6 +39,15 @@ def _limit(field: str, value: int, limit: int) -> int:
     return value
 
 
+def sampling_params(body: Any, settings: Settings, sample_count: int) -> SamplingParams:
+    """The sampling fields of a body (a forecast or a backtest), settings' defaults filled in."""
+    return SamplingParams(
+        temperature=settings.default_temperature if body.temperature is None else body.temperature,
+        top_k=settings.default_top_k if body.top_k is None else body.top_k,
+        top_p=settings.default_top_p if body.top_p is None else body.top_p,
+        sample_count=sample_count, seed=body.seed)
+
+
 def to_forecast_request(body: SingleRequest, settings: Settings) -> ForecastRequest:
     """Apply defaults and limits; raises InputError naming the field."""
     frame = _frame(body)
@@ -51,14 +60,11 @@ def to_forecast_request(body: SingleRequest, settings: Settings) -> ForecastRequ
                                  f"send fewer rows or set 'lookback'")
     sample_count = body.sample_count if body.sample_count is not None else settings.default_sample_count
     _limit("sample_count", sample_count, settings.max_sample_count)
-    sampling = SamplingParams(
-        temperature=settings.default_temperature if body.temperature is None else body.temperature,
-        top_k=settings.default_top_k if body.top_k is None else body.top_k,
-        top_p=settings.default_top_p if body.top_p is None else body.top_p,
-        sample_count=sample_count, seed=body.seed)
+    sampling = sampling_params(body, settings, sample_count)
     return ForecastRequest(data=frame, pred_len=pred_len, timestamps=body.timestamps,
                            future_timestamps=body.future_timestamps, lookback=body.lookback,
-                           sampling=sampling, quantiles=body.quantiles or ())
+                           sampling=sampling, quantiles=body.quantiles or (),
+                           calendar=body.calendar, return_samples=bool(body.return_samples))
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -71,10 +77,15 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def to_response(result: ForecastResult, quantiles_asked: bool, model: str, version: str,
-                device: str, request_id: str) -> dict[str, Any]:
+                device: str, request_id: str, calendar: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
     body: dict[str, Any] = {"predictions": _records(result.mean)}
     if quantiles_asked:
         body["quantiles"] = {f"{level:g}": _records(frame) for level, frame in result.quantiles.items()}
+    if result.samples is not None:
+        body["samples"] = {name: result.samples[:, :, i].tolist() for i, name in enumerate(ALL_COLUMNS)}
+    if calendar is not None:
+        body["calendar"] = calendar
     body.update(model=model, model_version=version, device=device, request_id=request_id,
                 seed=result.seed)
     return body

@@ -40,6 +40,14 @@ class SingleRequest(BaseModel):
     model_version: Optional[str] = Field(None, description="Pin a model variant (A/B).")
     sticky_key: Optional[str] = Field(
         None, description="Same key, same model variant (e.g. a user or portfolio id).")
+    series_id: Optional[str] = Field(
+        None, max_length=255, description="Names the series: its forecasts are scored when its "
+        "actual candles arrive at /v1/outcomes (live accuracy).")
+    calendar: Optional[str] = Field(
+        None, max_length=32, description="Calendar of the future timestamps: auto (default, "
+        "inferred), 24/7, business_days or an exchange code such as XNYS.")
+    return_samples: Optional[bool] = Field(
+        None, description="Include the sample paths (column -> paths x steps) in the response.")
 
 
 class BatchRequest(BaseModel):

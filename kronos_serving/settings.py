@@ -82,6 +82,7 @@ class Settings:
     amqp_max_retries: int = 3
     amqp_required_for_ready: bool = False
     amqp_record_jobs: bool = False
+    max_backtest_folds: int = 200
 
     @property
     def torch_threads(self) -> int:

@@ -168,10 +168,27 @@ def test_spans_reach_the_collector_with_the_callers_parent(server, receiver):
             assert parent == PARENT_SPAN
 
 
+def score_one_outcome(server) -> None:
+    """A forecast with a series id and its actual candle: the live-accuracy series appear."""
+    rows = [[10.0, 10.5, 9.8, 10.2], [10.2, 10.9, 10.1, 10.7], [10.7, 11.0, 10.4, 10.6]]
+    body = {"data": rows, "timestamps": ["2024-01-01", "2024-01-02", "2024-01-03"], "pred_len": 1,
+            "series_id": "obs", "quantiles": [0.1, 0.9], "sample_count": 2}
+    assert httpx.post(server.url + "/v1/predict/single", json=body, timeout=60).status_code == 200
+    outcome = {"series_id": "obs", "timestamps": ["2024-01-04"], "data": [[10.6, 10.9, 10.2, 10.8]]}
+    for _ in range(100):  # the forecast record is written off the request path
+        scored = httpx.post(server.url + "/v1/outcomes", json=outcome, timeout=30).json()
+        if scored["forecasts"]:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the forecast was never recorded")
+
+
 def test_dashboard_and_scrape_config_use_metrics_the_service_exposes(server):
     import yaml
 
     from local_server import ROOT
+
+    score_one_outcome(server)
 
     exposed = set(re.findall(r"^# TYPE (\S+) ", httpx.get(server.url + "/metrics").text, re.MULTILINE))
     exposed |= {f"{name}_{suffix}" for name in exposed for suffix in ("bucket", "sum", "count", "total")}

@@ -18,9 +18,11 @@ from ..settings import Settings
 from .errors import describe
 from .database import make_engine, migrate, redacted, store_url
 from .jobs import JobRecord, JobStore
+from .outcomes import OutcomeStore
 from .records import Forecast, RecordStore, RecordWriter, cutoff
 
-__all__ = ["Forecast", "JobRecord", "JobStore", "RecordStore", "RecordWriter", "Store"]
+__all__ = ["Forecast", "JobRecord", "JobStore", "OutcomeStore", "RecordStore", "RecordWriter",
+           "Store"]
 log = logging.getLogger("kronos.store")
 RETRY_MIGRATION_S = 5.0
 
@@ -34,6 +36,7 @@ class Store:
         self.engine = make_engine(self.url)
         self.jobs = JobStore(self.engine, settings.job_max_attempts)
         self.records = RecordStore(self.engine)
+        self.outcomes = OutcomeStore(self.engine)
         self.migrated = False
         self.error: Optional[str] = None
         self._last_try = 0.0
@@ -82,8 +85,10 @@ class Store:
                 "url": redacted(self.url), "error": None if self.up else self.error}
 
     def cleanup(self) -> tuple[int, int]:
-        """Retention: delete records and finished jobs older than ``retention_days`` (0: keep)."""
+        """Retention: delete records and finished jobs older than ``retention_days`` (0: keep),
+        and the outcomes and scores of the same age."""
         if self.settings.retention_days <= 0:
             return 0, 0
         before = cutoff(self.settings.retention_days)
+        self.outcomes.delete_before(before)
         return self.records.delete_before(before), self.jobs.delete_finished_before(before)

@@ -25,6 +25,7 @@ from ..schemas import SingleRequest
 from ..settings import Settings
 from .schema import ForecastRecord, utcnow
 from .errors import describe
+from .outcomes import live_fields
 
 log = logging.getLogger("kronos.store")
 FLUSH_S = 0.1
@@ -93,7 +94,8 @@ def rows_of(forecast: Forecast, settings: Settings, store_inputs: bool) -> list[
             "input": canonical_input(body) if store_inputs else None,
             "predictions": ({"mean": result["predictions"], "quantiles": result.get("quantiles")}
                             if result else None),
-            "latency_ms": forecast.latency_ms, "status": forecast.status, "error": forecast.error})
+            "latency_ms": forecast.latency_ms, "status": forecast.status, "error": forecast.error,
+            **live_fields(body, result)})
     return rows
 
 

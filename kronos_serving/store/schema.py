@@ -53,7 +53,8 @@ class ForecastRecord(Base):
 
     __tablename__ = "kronos_forecasts"
     __table_args__ = (Index("ix_forecasts_request", "request_id", "item"),
-                      Index("ix_forecasts_created", "created_at"))
+                      Index("ix_forecasts_created", "created_at"),
+                      Index("ix_forecasts_series", "series_id", "forecast_end"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(255))
@@ -73,3 +74,39 @@ class ForecastRecord(Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     status: Mapped[int] = mapped_column(Integer)
     error: Mapped[Optional[str]] = mapped_column(Text)
+    # Live accuracy (requests with a series_id): what outcomes are matched and scored against.
+    series_id: Mapped[Optional[str]] = mapped_column(String(255))
+    forecast_start: Mapped[Optional[datetime]]
+    forecast_end: Mapped[Optional[datetime]]
+    reference: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)  # last input row, naive scale
+
+
+class Outcome(Base):
+    """An actual candle of a series (``POST /v1/outcomes``), stored once per timestamp."""
+
+    __tablename__ = "kronos_outcomes"
+    __table_args__ = (UniqueConstraint("series_id", "timestamp", name="uq_outcomes_series_time"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    series_id: Mapped[str] = mapped_column(String(255))
+    timestamp: Mapped[datetime]
+    candle: Mapped[dict[str, Any]] = mapped_column(JSON)  # column -> value
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ForecastScore(Base):
+    """One forecast step scored against its outcome: forecast, actual, quantiles and reference."""
+
+    __tablename__ = "kronos_forecast_scores"
+    __table_args__ = (UniqueConstraint("forecast_id", "step", name="uq_scores_forecast_step"),
+                      Index("ix_scores_version_created", "model_version", "forecast_created_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    forecast_id: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)  # 1 = the first forecast step
+    series_id: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(255))
+    timestamp: Mapped[datetime]
+    forecast_created_at: Mapped[datetime]
+    values: Mapped[dict[str, Any]] = mapped_column(JSON)
+    scored_at: Mapped[datetime] = mapped_column(default=utcnow)
