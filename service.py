@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kronos_runtime import CheckpointError  # noqa: E402
 from kronos_serving.accounting import record_request  # noqa: E402
+from kronos_serving.bento_models import declared_models, model_labels, selection_envs  # noqa: E402
 from kronos_serving.draining import Drain  # noqa: E402
 from kronos_serving.forecasting import ForecastRunner, RequestFailed, input_summary  # noqa: E402
 from kronos_serving.guard import GuardMiddleware  # noqa: E402
@@ -49,8 +50,9 @@ def service_resources(settings: Settings) -> dict[str, Any]:
 
 @bentoml.asgi_app(health_app, path="/v1")
 @bentoml.service(name="kronos", resources=service_resources(SETTINGS), workers=SETTINGS.workers,
-                 traffic={"timeout": SETTINGS.timeout_s + 30}, tracing=tracing_config(SETTINGS))
-class KronosService:
+                 traffic={"timeout": SETTINGS.timeout_s + 30}, tracing=tracing_config(SETTINGS),
+                 envs=selection_envs(SETTINGS), labels=model_labels(SETTINGS))
+class KronosService(declared_models(SETTINGS)):
     """Single and batch forecasts over one or more (A/B) Kronos model variants."""
 
     def __init__(self) -> None:
