@@ -29,6 +29,7 @@ from kronos_serving.guard import GuardMiddleware  # noqa: E402
 from kronos_serving.health import health_app  # noqa: E402
 from kronos_serving.logs import configure_json_logging, current_trace_ids  # noqa: E402
 from kronos_serving.metrics import METRICS  # noqa: E402
+from kronos_serving.metrics_dir import isolate_metrics_dir  # noqa: E402
 from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
 from kronos_serving.settings import Settings, load_settings  # noqa: E402
 from kronos_serving.tracing import tracing_config  # noqa: E402
@@ -38,6 +39,7 @@ from kronos_serving.worker_readiness import SiblingReadiness  # noqa: E402
 
 log = logging.getLogger("kronos.service")
 SETTINGS = load_settings()
+isolate_metrics_dir(bentoml.server_context.worker_index)
 
 
 def service_resources(settings: Settings) -> dict[str, Any]:

@@ -39,7 +39,7 @@ class SiblingReadiness:
             return 0
         alive = 0
         for marker in self.directory.iterdir():
-            if marker.name.isdigit() and _alive(int(marker.name)):
+            if marker.name.isdigit() and process_alive(int(marker.name)):
                 alive += 1
             else:
                 marker.unlink(missing_ok=True)
@@ -49,7 +49,7 @@ class SiblingReadiness:
         return self.workers <= 1 or self.ready_workers() >= self.workers
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
