@@ -30,6 +30,7 @@ from kronos_serving.health import health_app  # noqa: E402
 from kronos_serving.logs import configure_json_logging, current_trace_ids  # noqa: E402
 from kronos_serving.metrics import METRICS  # noqa: E402
 from kronos_serving.metrics_dir import isolate_metrics_dir  # noqa: E402
+from kronos_serving.openapi import OpenAPIMiddleware  # noqa: E402
 from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
 from kronos_serving.settings import Settings, load_settings  # noqa: E402
 from kronos_serving.tracing import tracing_config  # noqa: E402
@@ -167,3 +168,4 @@ KronosService.add_asgi_middleware(
     max_body_bytes=int(SETTINGS.max_request_size_mb * 1024 * 1024),
     rate_limit_per_minute=SETTINGS.rate_limit_per_minute)
 KronosService.add_asgi_middleware(ValidationErrorMiddleware)
+KronosService.add_asgi_middleware(OpenAPIMiddleware)

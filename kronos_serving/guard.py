@@ -16,6 +16,8 @@ from typing import Any, Awaitable, Callable
 
 OPEN_PATHS = ("/v1/healthz", "/v1/readyz", "/healthz", "/readyz", "/livez")
 METRICS_PATHS = ("/metrics", "/v1/metrics")
+DOC_PATHS = ("/", "/docs.json")         # Swagger UI and the OpenAPI document: no secrets in them
+DOC_PREFIX = "/static_content/"         # Swagger UI's scripts and styles
 JSON_ONLY_PREFIX = "/v1/predict"
 
 Scope = dict[str, Any]
@@ -93,7 +95,8 @@ class GuardMiddleware:
         self.protect_metrics = protect_metrics
 
     def _is_open(self, path: str) -> bool:
-        return path in OPEN_PATHS or (path in METRICS_PATHS and not self.protect_metrics)
+        return (path in OPEN_PATHS or path in DOC_PATHS or path.startswith(DOC_PREFIX)
+                or (path in METRICS_PATHS and not self.protect_metrics))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self._is_open(scope.get("path", "")):
