@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kronos_runtime import CheckpointError  # noqa: E402
 from kronos_serving.accounting import record_request  # noqa: E402
 from kronos_serving.bento_models import declared_models, model_labels, selection_envs  # noqa: E402
+from kronos_serving.cache import ForecastCache  # noqa: E402
 from kronos_serving.draining import Drain  # noqa: E402
 from kronos_serving.forecasting import ForecastRunner, RequestFailed, input_summary  # noqa: E402
 from kronos_serving.guard import GuardMiddleware  # noqa: E402
@@ -63,6 +64,7 @@ class KronosService(declared_models(SETTINGS)):
         configure_json_logging(SETTINGS.log_level)
         torch.set_num_threads(SETTINGS.torch_threads)
         self.runner = ForecastRunner(SETTINGS)
+        self.cache = ForecastCache(SETTINGS)
         self.drain = Drain(SETTINGS.drain_delay_s)
         self.siblings = SiblingReadiness(SETTINGS.workers)
         if not self.drain.install():
@@ -125,8 +127,10 @@ class KronosService(declared_models(SETTINGS)):
         in_flight.inc()
         try:
             try:
-                results = await asyncio.wait_for(
-                    self.runner.run(bodies, request_id, index_errors=batch), self.settings.timeout_s)
+                results, cached = await asyncio.wait_for(
+                    self.cache.run(self.runner, bodies, request_id, batch), self.settings.timeout_s)
+                if cached != "bypass":
+                    ctx.response.headers["X-Cache"] = cached
             except TimeoutError as exc:  # queued jobs are dropped; a running batch finishes alone
                 raise RequestFailed(504, f"timed out after {self.settings.timeout_s} s "
                                          "(queue wait and forecast)", retry_after=5) from exc

@@ -65,6 +65,12 @@ class Metrics:
             labelnames=["route"], multiprocess_mode="livesum")
 
     @cached_property
+    def cache_lookups(self):
+        return bentoml.metrics.Counter(
+            name="kronos_cache_lookups", labelnames=["result"],
+            documentation="Forecast cache lookups: hit, miss, or bypass (not deterministic)")
+
+    @cached_property
     def model_info(self):
         return bentoml.metrics.Gauge(
             name="kronos_model_info", documentation="Loaded model variants (1 per worker)",

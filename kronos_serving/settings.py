@@ -57,6 +57,9 @@ class Settings:
     protect_metrics: bool = False
     max_request_size_mb: float = 16.0
     rate_limit_per_minute: int = 0
+    cache_max_entries: int = 1024
+    cache_url: str = ""
+    cache_ttl_s: float = 3600.0
 
     @property
     def torch_threads(self) -> int:
