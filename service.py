@@ -7,6 +7,7 @@ batcher, so concurrent requests run as one ragged runtime call. Run: ``make serv
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 import threading
@@ -32,6 +33,7 @@ from kronos_serving.logs import configure_json_logging, current_trace_ids  # noq
 from kronos_serving.metrics import METRICS  # noqa: E402
 from kronos_serving.metrics_dir import isolate_metrics_dir  # noqa: E402
 from kronos_serving.openapi import OpenAPIMiddleware  # noqa: E402
+from kronos_serving.placement import visible_gpus, worker_device  # noqa: E402
 from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
 from kronos_serving.settings import Settings, load_settings  # noqa: E402
 from kronos_serving.tracing import tracing_config  # noqa: E402
@@ -60,11 +62,13 @@ class KronosService(declared_models(SETTINGS)):
     """Single and batch forecasts over one or more (A/B) Kronos model variants."""
 
     def __init__(self) -> None:
-        self.settings = SETTINGS
+        index = bentoml.server_context.worker_index
+        self.settings = dataclasses.replace(SETTINGS, device=worker_device(
+            SETTINGS.device, index, visible_gpus() if SETTINGS.uses_gpu else 0))
         configure_json_logging(SETTINGS.log_level)
         torch.set_num_threads(SETTINGS.torch_threads)
-        self.runner = ForecastRunner(SETTINGS)
-        self.cache = ForecastCache(SETTINGS)
+        self.runner = ForecastRunner(self.settings)
+        self.cache = ForecastCache(self.settings)
         self.drain = Drain(SETTINGS.drain_delay_s)
         self.siblings = SiblingReadiness(SETTINGS.workers)
         if not self.drain.install():
@@ -78,7 +82,8 @@ class KronosService(declared_models(SETTINGS)):
         try:
             self.runner.variants = [load_variant(self.settings, source, weight)
                                     for source, weight in resolve_sources(self.settings)]
-            if not self.siblings.mark_ready():
+            if not self.siblings.mark_ready(f"{bentoml.server_context.worker_index or 1} "
+                                            f"{self.settings.device}"):
                 log.warning("cannot write the worker-ready marker: readiness covers this worker only",
                             extra={"event": "sibling_readiness_unavailable",
                                    "directory": str(self.siblings.directory)})
@@ -102,7 +107,7 @@ class KronosService(declared_models(SETTINGS)):
                     "workers_ready": f"{self.siblings.ready_workers()}/{self.siblings.workers}"}
         first = self.runner.variants[0]
         return {"ready": True, "status": "ready", "workers": self.settings.workers,
-                "device": first.device,
+                "device": first.device, "worker_devices": self.siblings.worker_devices(),
                 "threads": torch.get_num_threads(),
                 "model": first.source.name, "model_version": first.version,
                 "max_context": first.forecaster.max_context,
