@@ -30,7 +30,7 @@ from kronos_serving.forecasting import ForecastRunner, RequestFailed, input_summ
 from kronos_serving.guard import GuardMiddleware  # noqa: E402
 from kronos_serving.health import health_app  # noqa: E402
 from kronos_serving.logs import configure_json_logging, current_trace_ids  # noqa: E402
-from kronos_serving.metrics import METRICS  # noqa: E402
+from kronos_serving.metrics import METRICS, show_alerting_series  # noqa: E402
 from kronos_serving.metrics_dir import isolate_metrics_dir  # noqa: E402
 from kronos_serving.openapi import OpenAPIMiddleware  # noqa: E402
 from kronos_serving.placement import visible_gpus, worker_device  # noqa: E402
@@ -82,6 +82,7 @@ class KronosService(declared_models(SETTINGS)):
         try:
             self.runner.variants = [load_variant(self.settings, source, weight)
                                     for source, weight in resolve_sources(self.settings)]
+            show_alerting_series([v.version for v in self.runner.variants])
             if not self.siblings.mark_ready(f"{bentoml.server_context.worker_index or 1} "
                                             f"{self.settings.device}"):
                 log.warning("cannot write the worker-ready marker: readiness covers this worker only",
@@ -89,6 +90,7 @@ class KronosService(declared_models(SETTINGS)):
                                    "directory": str(self.siblings.directory)})
         except Exception as exc:  # a bad model must not crash-loop the worker: readyz says why
             self.runner.load_error = f"{type(exc).__name__}: {exc}"
+            METRICS.model_load_failures.inc()
             log.error("model load failed", exc_info=not isinstance(exc, CheckpointError),
                       extra={"event": "model_load_failed", "error": self.runner.load_error})
 

@@ -71,10 +71,29 @@ class Metrics:
             documentation="Forecast cache lookups: hit, miss, or bypass (not deterministic)")
 
     @cached_property
+    def queue_full(self):
+        return bentoml.metrics.Counter(
+            name="kronos_queue_full", labelnames=["model_version"],
+            documentation="Requests rejected with 503 because the model's queue was full")
+
+    @cached_property
+    def model_load_failures(self):
+        return bentoml.metrics.Counter(
+            name="kronos_model_load_failures", documentation="Model loads that failed (per worker)")
+
+    @cached_property
     def model_info(self):
         return bentoml.metrics.Gauge(
             name="kronos_model_info", documentation="Loaded model variants (1 per worker)",
             labelnames=["model", "version", "device"], multiprocess_mode="livesum")
+
+
+def show_alerting_series(versions: list[str]) -> None:
+    """Create the rare-event counters at 0, so alerts and dashboards see a series before the
+    first queue-full rejection or load failure (rates over nothing are no data, not 0)."""
+    METRICS.model_load_failures  # noqa: B018 (creating it exposes it at 0)
+    for version in versions:
+        METRICS.queue_full.labels(model_version=version)
 
 
 def exposition() -> tuple[bytes, str]:
