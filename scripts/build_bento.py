@@ -51,6 +51,12 @@ def bentofile(variant: str, wheels_dir: str | None) -> Path:
     if wheels_dir:  # offline/air-gapped builds: torch from a local wheel directory in the image
         python.pop("extra_index_url", None)
         python["find_links"] = [wheels_dir]
+        if variant == "cpu":  # without the CPU index, name the CPU wheel (PyPI's torch is CUDA)
+            requirements = ROOT / "build" / "requirements.cpu.txt"
+            requirements.parent.mkdir(exist_ok=True)
+            requirements.write_text((ROOT / "requirements.txt").read_text().replace(
+                "torch==2.13.0", "torch==2.13.0+cpu"))
+            python["requirements_txt"] = str(requirements.relative_to(ROOT))
         docker["env"] = {"UV_FIND_LINKS": wheels_dir, "PIP_FIND_LINKS": wheels_dir}
     path = ROOT / "build" / f"bentofile.{variant}.yaml"
     path.parent.mkdir(exist_ok=True)
