@@ -54,10 +54,16 @@ def packed_refs(manifest: dict) -> dict[str, BentoModel | HuggingFaceModel]:
 
 def model_refs(settings: Settings) -> dict[str, BentoModel | HuggingFaceModel]:
     """Class attributes declaring every configured model (directories and unknown tags: none);
-    inside a Bento, the models it packed (what it serves is still up to the settings)."""
+    inside a Bento, the models it packed (what it serves is still up to the settings).
+
+    BentoML resolves declared models before the server starts (a hub model is downloaded then),
+    so with no model configured nothing is declared: the offline dev fallback keeps working.
+    """
     manifest = bento_manifest()
     if manifest is not None:
         return packed_refs(manifest)
+    if not (settings.model or settings.variants):
+        return {}
     refs: dict[str, BentoModel | HuggingFaceModel] = {}
     for index, (spec, _) in enumerate(configured_models(settings)):
         exact = exact_store_tag(spec)

@@ -102,3 +102,20 @@ def test_build_script_adds_the_commit_label_and_the_gpu_flavour(built, tmp_path)
     assert labels["variant"] == "gpu" and labels["git_commit"] not in ("", "unknown")
     assert envs["KRONOS_DEVICE"] == "cuda" and info["docker"]["cuda_version"]
     assert not info["python"].get("extra_index_url")
+
+
+def test_model_declarations_follow_the_configuration(tmp_path, monkeypatch):
+    from bentoml.models import HuggingFaceModel
+
+    from kronos_serving.bento_models import model_refs, selection_envs
+    from kronos_serving.settings import Settings
+
+    assert model_refs(Settings()) == {}  # nothing configured: nothing resolved before start
+    hub = model_refs(Settings(model="NeoQuasar/Kronos-base", model_revision="abc"))
+    assert [(type(r), r.model_id, r.revision) for r in hub.values()] == [
+        (HuggingFaceModel, "NeoQuasar/Kronos-base", "abc"),
+        (HuggingFaceModel, "NeoQuasar/Kronos-Tokenizer-base", "main")]
+    assert model_refs(Settings(model="absent-model:v1")) == {}  # not in the store: readyz says why
+    assert model_refs(Settings(model=str(tmp_path))) == {}     # a directory is not packed
+    assert selection_envs(Settings(variants="a:v1=90,b:v2=10")) == [
+        {"name": "KRONOS_VARIANTS", "value": "a:v1=90,b:v2=10"}]
