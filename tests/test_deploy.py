@@ -47,7 +47,7 @@ def backend(name: str) -> ThreadingHTTPServer:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    assert Path(nginx).exists(), "nginx is installed by `make install` (Debian package)"
+    assert Path(nginx).exists(), "nginx is installed by `make system-deps` (Debian package)"
     cpu, gpu = backend("cpu"), backend("gpu")
     work = tmp_path_factory.mktemp("nginx")
     port = free_port()
