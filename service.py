@@ -179,4 +179,4 @@ KronosService.add_asgi_middleware(
     max_body_bytes=int(SETTINGS.max_request_size_mb * 1024 * 1024),
     rate_limit_per_minute=SETTINGS.rate_limit_per_minute)
 KronosService.add_asgi_middleware(ValidationErrorMiddleware)
-KronosService.add_asgi_middleware(OpenAPIMiddleware)
+KronosService.add_asgi_middleware(OpenAPIMiddleware, secured=bool(SETTINGS.api_keys))

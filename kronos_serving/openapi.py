@@ -62,11 +62,13 @@ def json_response(description: str, model: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": REF.format(model=model)}}}}
 
 
-def complete(document: dict[str, Any]) -> dict[str, Any]:
-    """The document with typed answers, documented errors, examples and the /v1 health routes."""
+def complete(document: dict[str, Any], secured: bool = False) -> dict[str, Any]:
+    """The document with typed answers, documented errors, examples and the /v1 health routes;
+    ``secured`` (API keys configured) adds the security schemes the forecast routes require."""
     components = document.setdefault("components", {}).setdefault("schemas", {})
     components.update(schemas_of(SingleResponse, BatchResponse, ErrorBody))
-    document["components"]["securitySchemes"] = SECURITY_SCHEMES
+    if secured:
+        document["components"]["securitySchemes"] = SECURITY_SCHEMES
     for path, (response, examples) in FORECAST_ROUTES.items():
         operation = document.get("paths", {}).get(path, {}).get("post")
         if operation is None:
@@ -75,7 +77,8 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
             "200": json_response("The forecast.", response.__name__),
             **{str(code): json_response(text, ErrorBody.__name__) for code, text in ERRORS.items()}}
         operation["requestBody"]["content"]["application/json"]["examples"] = examples
-        operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+        if secured:
+            operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
     for path, (description, answers) in HEALTH_ROUTES.items():
         document["paths"][path] = {"get": {
             "tags": ["Health"], "description": description, "operationId": path.strip("/").replace("/", "_"),
@@ -86,8 +89,8 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
 class OpenAPIMiddleware:
     """Rewrites the answer to ``GET /docs.json`` with :func:`complete`."""
 
-    def __init__(self, app: Callable) -> None:
-        self.app = app
+    def __init__(self, app: Callable, secured: bool = False) -> None:
+        self.app, self.secured = app, secured
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope.get("path") != DOC_PATH:
@@ -106,7 +109,7 @@ class OpenAPIMiddleware:
         async def finish() -> None:
             body = b"".join(chunks)
             if start.get("status") == 200:
-                body = json.dumps(complete(json.loads(body))).encode()
+                body = json.dumps(complete(json.loads(body), self.secured)).encode()
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
             headers.append((b"content-length", str(len(body)).encode()))
             await send({**start, "headers": headers})

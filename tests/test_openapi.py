@@ -49,6 +49,8 @@ def test_forecast_routes_have_typed_answers_and_every_error_documented(document)
             error = responses[str(code)]
             assert error["description"]
             assert error["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert document["paths"]["/v1/predict/single"]["post"]["security"]  # keys are on here
+    assert set(document["components"]["securitySchemes"]) == {"bearer", "api_key"}
     point = document["components"]["schemas"]["ForecastPoint"]
     assert {"timestamp", "open", "high", "low", "close", "volume", "amount"} <= set(point["required"])
 
@@ -79,3 +81,17 @@ def test_the_documented_examples_work_and_answers_match_the_schemas(server, docu
         assert response.status_code == status
         jsonschema.validate(response.json(), error_schema)
         ErrorBody.model_validate(response.json())
+
+
+def test_without_api_keys_the_document_requires_no_security(document):
+    import copy
+
+    from kronos_serving.openapi import complete
+
+    bare = copy.deepcopy(document)
+    bare["components"].pop("securitySchemes")
+    for path in ("/v1/predict/single", "/v1/predict/batch"):
+        bare["paths"][path]["post"].pop("security")
+    plain = complete(bare, secured=False)
+    assert "security" not in plain["paths"]["/v1/predict/single"]["post"]
+    assert "securitySchemes" not in plain["components"]
