@@ -78,7 +78,11 @@ def model_refs(settings: Settings) -> dict[str, BentoModel | HuggingFaceModel]:
 
 
 def selection_envs(settings: Settings) -> list[dict[str, str]]:
-    """The env recorded in the Bento that selects exactly the declared versions."""
+    """The env recorded in the Bento that selects exactly the declared versions (none when no
+    model is configured: BentoML also passes these to the workers of a plain ``bentoml serve``,
+    and an empty ``model`` must stay empty there for the dev fallback)."""
+    if not (settings.model or settings.variants):
+        return []
     specs = [(exact_store_tag(spec) or spec, weight) for spec, weight in configured_models(settings)]
     if settings.variants:
         return [{"name": "KRONOS_VARIANTS", "value": ",".join(f"{s}={w:g}" for s, w in specs)}]

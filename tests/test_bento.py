@@ -110,7 +110,7 @@ def test_model_declarations_follow_the_configuration(tmp_path, monkeypatch):
     from kronos_serving.bento_models import model_refs, selection_envs
     from kronos_serving.settings import Settings
 
-    assert model_refs(Settings()) == {}  # nothing configured: nothing resolved before start
+    assert model_refs(Settings()) == {} and selection_envs(Settings()) == []  # nothing configured
     hub = model_refs(Settings(model="NeoQuasar/Kronos-base", model_revision="abc"))
     assert [(type(r), r.model_id, r.revision) for r in hub.values()] == [
         (HuggingFaceModel, "NeoQuasar/Kronos-base", "abc"),
