@@ -10,6 +10,7 @@ variant's engine (continuous batching: concurrent requests share every decode st
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 import threading
@@ -28,6 +29,8 @@ from kronos_runtime import CheckpointError  # noqa: E402
 from kronos_serving.accounting import record_request  # noqa: E402
 from kronos_serving.accuracy import routes as accuracy_routes  # noqa: E402
 from kronos_serving.backtesting import BacktestRequest, serve_backtest  # noqa: E402
+from kronos_serving.bento_models import declared_models, model_labels, selection_envs  # noqa: E402
+from kronos_serving.cache import ForecastCache  # noqa: E402
 from kronos_serving.draining import Drain  # noqa: E402
 from kronos_serving.forecasting import ForecastRunner, RequestFailed, input_summary  # noqa: E402
 from kronos_serving.guard import GuardMiddleware, caller_key_id  # noqa: E402
@@ -37,6 +40,10 @@ from kronos_serving.jobs.worker import JobWorker  # noqa: E402
 from kronos_serving.logs import configure_json_logging, current_trace_ids  # noqa: E402
 from kronos_serving.metrics import METRICS  # noqa: E402
 from kronos_serving.queue import QueueConsumer, StoreJobRecorder  # noqa: E402
+from kronos_serving.metrics import METRICS, show_alerting_series  # noqa: E402
+from kronos_serving.metrics_dir import isolate_metrics_dir  # noqa: E402
+from kronos_serving.openapi import OpenAPIMiddleware  # noqa: E402
+from kronos_serving.placement import visible_gpus, worker_device  # noqa: E402
 from kronos_serving.schemas import BatchRequest, SingleRequest  # noqa: E402
 from kronos_serving.settings import Settings, load_settings  # noqa: E402
 from kronos_serving.store import RecordWriter, Store  # noqa: E402
@@ -49,6 +56,7 @@ from kronos_serving.worker_readiness import SiblingReadiness  # noqa: E402
 log = logging.getLogger("kronos.service")
 SETTINGS = load_settings()
 V1_APP = Starlette(routes=[*health_app.routes, *jobs_api.routes, *accuracy_routes])  # at /v1
+isolate_metrics_dir(bentoml.server_context.worker_index)
 
 
 def service_resources(settings: Settings) -> dict[str, Any]:
@@ -62,15 +70,19 @@ def service_resources(settings: Settings) -> dict[str, Any]:
 @bentoml.asgi_app(V1_APP, path="/v1")
 @bentoml.asgi_app(ui_app, path="/ui")
 @bentoml.service(name="kronos", resources=service_resources(SETTINGS), workers=SETTINGS.workers,
-                 traffic={"timeout": SETTINGS.timeout_s + 30}, tracing=tracing_config(SETTINGS))
-class KronosService:
+                 traffic={"timeout": SETTINGS.timeout_s + 30}, tracing=tracing_config(SETTINGS),
+                 envs=selection_envs(SETTINGS), labels=model_labels(SETTINGS))
+class KronosService(declared_models(SETTINGS)):
     """Single and batch forecasts over one or more (A/B) Kronos model variants."""
 
     def __init__(self) -> None:
-        self.settings = SETTINGS
+        index = bentoml.server_context.worker_index
+        self.settings = dataclasses.replace(SETTINGS, device=worker_device(
+            SETTINGS.device, index, visible_gpus() if SETTINGS.uses_gpu else 0))
         configure_json_logging(SETTINGS.log_level)
         torch.set_num_threads(SETTINGS.torch_threads)
-        self.runner = ForecastRunner(SETTINGS)
+        self.runner = ForecastRunner(self.settings)
+        self.cache = ForecastCache(self.settings)
         self.store = Store(SETTINGS)
         if SETTINGS.record_forecasts:
             self.runner.recorder = RecordWriter(self.store.records, SETTINGS, self.store.ready).submit
@@ -91,12 +103,15 @@ class KronosService:
         try:
             self.runner.variants = [load_variant(self.settings, source, weight)
                                     for source, weight in resolve_sources(self.settings)]
-            if not self.siblings.mark_ready():
+            show_alerting_series([v.version for v in self.runner.variants])
+            if not self.siblings.mark_ready(f"{bentoml.server_context.worker_index or 1} "
+                                            f"{self.settings.device}"):
                 log.warning("cannot write the worker-ready marker: readiness covers this worker only",
                             extra={"event": "sibling_readiness_unavailable",
                                    "directory": str(self.siblings.directory)})
         except Exception as exc:  # a bad model must not crash-loop the worker: readyz says why
             self.runner.load_error = f"{type(exc).__name__}: {exc}"
+            METRICS.model_load_failures.inc()
             log.error("model load failed", exc_info=not isinstance(exc, CheckpointError),
                       extra={"event": "model_load_failed", "error": self.runner.load_error})
 
@@ -131,7 +146,7 @@ class KronosService:
                     "queue": self.queue.status()}
         first = self.runner.variants[0]
         return {"ready": True, "status": "ready", "workers": self.settings.workers,
-                "device": first.device,
+                "device": first.device, "worker_devices": self.siblings.worker_devices(),
                 "threads": torch.get_num_threads(),
                 "model": first.source.name, "model_version": first.version,
                 "max_context": first.forecaster.max_context,
@@ -158,10 +173,12 @@ class KronosService:
         in_flight.inc()
         try:
             try:
-                results = await asyncio.wait_for(
-                    self.runner.run(bodies, request_id, index_errors=batch, route=route,
-                                    key_id=caller_key_id(ctx.request.scope) or ""),
+                results, cached = await asyncio.wait_for(
+                    self.cache.run(self.runner, bodies, request_id, batch, route=route,
+                                   key_id=caller_key_id(ctx.request.scope) or ""),
                     self.settings.timeout_s)
+                if cached != "bypass":
+                    ctx.response.headers["X-Cache"] = cached
             except TimeoutError as exc:  # queued jobs are dropped; a running batch finishes alone
                 raise RequestFailed(504, f"timed out after {self.settings.timeout_s} s "
                                          "(queue wait and forecast)", retry_after=5) from exc
@@ -208,3 +225,4 @@ KronosService.add_asgi_middleware(
     max_body_bytes=int(SETTINGS.max_request_size_mb * 1024 * 1024),
     rate_limit_per_minute=SETTINGS.rate_limit_per_minute)
 KronosService.add_asgi_middleware(ValidationErrorMiddleware)
+KronosService.add_asgi_middleware(OpenAPIMiddleware, secured=bool(SETTINGS.api_keys))

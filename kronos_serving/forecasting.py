@@ -124,6 +124,7 @@ class ForecastRunner:
                 outputs = await variant.engine.submit([prepared[i][1:] for i in indices],
                                                       priority=priority)
             except QueueFull as exc:
+                METRICS.queue_full.labels(model_version=variant.version).inc()
                 raise RequestFailed(503, f"overloaded: {exc}", retry_after=1) from exc
             with tracer().start_as_current_span("postprocess"):
                 for i, output in zip(indices, outputs):

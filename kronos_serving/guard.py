@@ -20,6 +20,8 @@ METRICS_PATHS = ("/metrics", "/v1/metrics")
 JSON_ONLY_PREFIXES = ("/v1/predict", "/v1/jobs")
 BODY_METHODS = ("POST", "PUT", "PATCH")
 KEY_ID_STATE = "kronos_key_id"  # scope["state"] entry: the caller's key id (a hash, never the key)
+DOC_PATHS = ("/", "/docs.json")         # Swagger UI and the OpenAPI document: no secrets in them
+DOC_PREFIX = "/static_content/"         # Swagger UI's scripts and styles
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
@@ -107,6 +109,7 @@ class GuardMiddleware:
 
     def _is_open(self, path: str) -> bool:
         return (path in OPEN_PATHS or path == OPEN_PREFIX or path.startswith(OPEN_PREFIX + "/")
+                or path in DOC_PATHS or path.startswith(DOC_PREFIX)
                 or (path in METRICS_PATHS and not self.protect_metrics))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

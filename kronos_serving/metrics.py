@@ -101,6 +101,23 @@ class Metrics:
                       "livesum")
 
     @cached_property
+    def cache_lookups(self):
+        return bentoml.metrics.Counter(
+            name="kronos_cache_lookups", labelnames=["result"],
+            documentation="Forecast cache lookups: hit, miss, or bypass (not deterministic)")
+
+    @cached_property
+    def queue_full(self):
+        return bentoml.metrics.Counter(
+            name="kronos_queue_full", labelnames=["model_version"],
+            documentation="Requests rejected with 503 because the model's queue was full")
+
+    @cached_property
+    def model_load_failures(self):
+        return bentoml.metrics.Counter(
+            name="kronos_model_load_failures", documentation="Model loads that failed (per worker)")
+
+    @cached_property
     def model_info(self):
         return _gauge("kronos_model_info", "Loaded model variants (1 per worker)",
                       ["model", "version", "device"], "livesum")
@@ -195,6 +212,14 @@ class AccuracyMetrics:
             name="kronos_forecast_interval", documentation="Scored forecast steps with quantiles, "
             "by whether the actual close fell inside the outer quantiles",
             labelnames=["model_version", "step", "covered"])
+
+
+def show_alerting_series(versions: list[str]) -> None:
+    """Create the rare-event counters at 0, so alerts and dashboards see a series before the
+    first queue-full rejection or load failure (rates over nothing are no data, not 0)."""
+    METRICS.model_load_failures  # noqa: B018 (creating it exposes it at 0)
+    for version in versions:
+        METRICS.queue_full.labels(model_version=version)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -54,3 +54,52 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     batch: list[SingleRequest] = Field(description="Series to forecast, answered in order.")
+
+
+# -- responses (the OpenAPI document's typed bodies; kronos_serving/openapi.py) --------------------
+SINGLE_EXAMPLE = {"data": [[10.0, 10.5, 9.8, 10.2], [10.2, 10.9, 10.1, 10.7], [10.7, 11.0, 10.4, 10.6]],
+                  "pred_len": 2, "top_k": 1}
+SAMPLED_EXAMPLE = {"data": [[10.0, 10.5, 9.8, 10.2, 1200], [10.2, 10.9, 10.1, 10.7, 1500],
+                            [10.7, 11.0, 10.4, 10.6, 1100], [10.6, 10.8, 10.3, 10.5, 900]],
+                   "timestamps": ["2024-05-02T09:30:00", "2024-05-02T09:35:00",
+                                  "2024-05-02T09:40:00", "2024-05-02T09:45:00"],
+                   "pred_len": 3, "sample_count": 8, "temperature": 1.0, "top_p": 0.9, "seed": 42,
+                   "quantiles": [0.1, 0.5, 0.9]}
+
+
+class ForecastPoint(BaseModel):
+    """One forecast step."""
+
+    timestamp: str = Field(description="ISO-8601 time of the step.", examples=["2024-05-02T09:50:00"])
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    amount: float
+
+
+class SingleResponse(BaseModel):
+    """The forecast of one series."""
+
+    predictions: list[ForecastPoint] = Field(description="The mean forecast, `pred_len` steps.")
+    quantiles: Optional[dict[str, list[ForecastPoint]]] = Field(
+        None, description="Per-step quantiles over the sample paths, when asked: {\"0.1\": [...]}.")
+    model: str = Field(description="The model tag or source served.")
+    model_version: str
+    device: str
+    request_id: str
+    seed: int = Field(description="The seed used (the request's, or a random one).")
+
+
+class BatchResponse(BaseModel):
+    results: list[SingleResponse] = Field(description="One result per input series, in order.")
+
+
+class ErrorBody(BaseModel):
+    """Every error: what is wrong, and the field at fault when there is one."""
+
+    error: str = Field(examples=["data[3][1]: Input should be a valid number"])
+    field: Optional[str] = Field(None, examples=["data[3][1]"])
+    request_id: Optional[str] = None
+    detail: Optional[list[dict]] = Field(None, description="pydantic's errors, on schema errors.")

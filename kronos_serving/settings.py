@@ -83,6 +83,9 @@ class Settings:
     amqp_required_for_ready: bool = False
     amqp_record_jobs: bool = False
     max_backtest_folds: int = 200
+    cache_max_entries: int = 1024
+    cache_url: str = ""
+    cache_ttl_s: float = 3600.0
 
     @property
     def torch_threads(self) -> int:
@@ -111,14 +114,19 @@ def _coerce(kind: type, name: str, raw: object) -> object:
         raise ValueError(f"setting {name}: expected {kind.__name__}, got {raw!r}") from exc
 
 
+def bento_manifest(manifest: Path = BENTO_MANIFEST) -> dict | None:
+    """The ``bento.yaml`` of the Bento we run from, or None outside a Bento."""
+    if SOURCE_ROOT.name != "src" or not manifest.is_file():
+        return None
+    return yaml.safe_load(manifest.read_text()) or {}
+
+
 def bento_envs(manifest: Path = BENTO_MANIFEST) -> dict[str, str]:
     """The ``envs`` recorded in the Bento we run from (the model tags it carries), if any.
 
     Containers get them as ENV; ``bentoml serve <bento tag>`` does not, so we apply them here.
     """
-    if SOURCE_ROOT.name != "src" or not manifest.is_file():
-        return {}
-    entries = (yaml.safe_load(manifest.read_text()) or {}).get("envs") or []
+    entries = (bento_manifest(manifest) or {}).get("envs") or []
     return {e["name"]: str(e.get("value", "")) for e in entries if "name" in e}
 
 

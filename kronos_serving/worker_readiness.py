@@ -22,12 +22,13 @@ class SiblingReadiness:
         base = root or Path(tempfile.gettempdir())
         self.directory = base / f"kronos-ready-{parent or os.getppid()}"
 
-    def mark_ready(self) -> bool:
-        """Leave this worker's marker. False if it cannot be written (read-only temp dir): then
-        this worker stops waiting for its siblings rather than never turning ready."""
+    def mark_ready(self, note: str = "") -> bool:
+        """Leave this worker's marker (holding ``note``: "<worker index> <device>"). False if it
+        cannot be written (read-only temp dir): then this worker stops waiting for its siblings
+        rather than never turning ready."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            (self.directory / str(self.pid)).touch()
+            (self.directory / str(self.pid)).write_text(note)
         except OSError:
             self.workers = 1
             return False
@@ -39,17 +40,29 @@ class SiblingReadiness:
             return 0
         alive = 0
         for marker in self.directory.iterdir():
-            if marker.name.isdigit() and _alive(int(marker.name)):
+            if marker.name.isdigit() and process_alive(int(marker.name)):
                 alive += 1
             else:
                 marker.unlink(missing_ok=True)
         return alive
 
+    def worker_devices(self) -> dict[str, str]:
+        """Worker index -> device, from the notes of the loaded workers of this server."""
+        self.ready_workers()  # drops markers of workers that are gone
+        notes = []
+        if self.directory.is_dir():
+            for marker in self.directory.iterdir():
+                try:
+                    notes.append(marker.read_text().split(" ", 1))
+                except OSError:
+                    continue
+        return dict(sorted((n[0], n[1]) for n in notes if len(n) == 2))
+
     def all_ready(self) -> bool:
         return self.workers <= 1 or self.ready_workers() >= self.workers
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

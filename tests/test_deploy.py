@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import threading
@@ -45,7 +47,7 @@ def backend(name: str) -> ThreadingHTTPServer:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    assert Path(nginx).exists(), "nginx is installed by `make install` (Debian package)"
+    assert Path(nginx).exists(), "nginx is installed by `make system-deps` (Debian package)"
     cpu, gpu = backend("cpu"), backend("gpu")
     work = tmp_path_factory.mktemp("nginx")
     port = free_port()
@@ -225,3 +227,103 @@ def test_queue_worker_deployments_use_known_settings():
     queue = load_documents(DEPLOY / "k8s" / "keda" / "deployment-queue.yaml")[0]
     names = set(worker) | {e["name"] for e in queue["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert {name for name in names if name.startswith("KRONOS_")} <= known
+# -- safe defaults ---------------------------------------------------------------------------------
+CONFIG_DEFAULTS = yaml.safe_load((ROOT / "configuration" / "kronos.yaml").read_text())
+COMPOSE_FILES = sorted(DEPLOY.glob("compose.*.yaml"))
+
+
+def k8s_containers() -> list[tuple[dict, dict, dict]]:
+    """(deployment, container, effective KRONOS_* env: ConfigMap overlaid by the container's env)."""
+    documents = [doc for path in sorted((DEPLOY / "k8s").glob("*.yaml")) for doc in load_documents(path)]
+    config_maps = {d["metadata"]["name"]: d["data"] for d in documents if d["kind"] == "ConfigMap"}
+    found = []
+    for deployment in (d for d in documents if d["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            env: dict = {}
+            for source in container.get("envFrom", []):
+                env.update(config_maps[source["configMapRef"]["name"]])
+            env.update({e["name"]: e["value"] for e in container.get("env", [])})
+            found.append((deployment, container, env))
+    return found
+
+
+def compose_services() -> list[tuple[str, dict, dict]]:
+    """(file name, service, environment) of every Kronos service in the compose files."""
+    return [(path.name, service, service.get("environment") or {})
+            for path in COMPOSE_FILES
+            for service in yaml.safe_load(path.read_text())["services"].values()
+            if "kronos" in service["image"]]
+
+
+def setting(env: dict, name: str) -> float:
+    return float(env.get(f"KRONOS_{name.upper()}", CONFIG_DEFAULTS[name]))
+
+
+def seconds(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)([smh])", text))
+
+
+def test_deploy_files_never_blank_the_model_nor_allow_random_weights():
+    envs = [env for *_, env in k8s_containers()] + [env for *_, env in compose_services()]
+    assert len(envs) == 6  # 2 Kubernetes Deployments, 4 compose services
+    for env in envs:
+        for name in ("KRONOS_MODEL", "KRONOS_VARIANTS", "KRONOS_TOKENIZER"):
+            assert env.get(name, "unset") != "", f"{name} blanked: the Bento's packed model is lost"
+        assert str(env.get("KRONOS_DEV_FALLBACK")).lower() == "false"
+    bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    assert {"name": "KRONOS_DEV_FALLBACK", "value": "false"} in bentofile["envs"]
+
+
+def test_stop_grace_periods_cover_the_request_timeout_and_the_drain():
+    for deployment, _, env in k8s_containers():
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace >= setting(env, "timeout_s") + setting(env, "drain_delay_s") + 5, \
+            deployment["metadata"]["name"]
+    for name, service, env in compose_services():
+        grace = seconds(service.get("stop_grace_period", "10s"))
+        assert grace >= setting(env, "timeout_s") + setting(env, "drain_delay_s") + 5, name
+
+
+def test_gpu_pods_set_their_own_worker_count_one_per_gpu():
+    for deployment, container, env in k8s_containers():
+        own = {e["name"] for e in container.get("env", [])}
+        assert "KRONOS_WORKERS" in own, "workers are per device, not from the shared ConfigMap"
+        gpus = int(container["resources"]["limits"].get("nvidia.com/gpu", 0))
+        if gpus:
+            assert env["KRONOS_DEVICE"].startswith("cuda") and int(env["KRONOS_WORKERS"]) == gpus
+        else:
+            cores = float(container["resources"]["requests"]["cpu"])
+            assert int(env["KRONOS_WORKERS"]) * int(env["KRONOS_THREADS"]) <= cores
+    for name, service, env in compose_services():
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        gpus = sum(len(d.get("device_ids", [])) for d in devices)
+        if gpus:
+            assert int(env["KRONOS_WORKERS"]) == gpus, name
+
+
+def test_compose_files_run_the_tags_the_build_script_makes():
+    done = subprocess.run(["bash", "scripts/build_image.sh", "--bento", "kronos:v123", "--backend",
+                           "podman"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "BENTOML": "echo"})  # prints the containerize command
+    assert done.returncode == 0, done.stderr
+    made = set(re.findall(r"--image-tag (\S+)", done.stdout))
+    assert made == {"kronos-cpu:v123", "kronos-cpu:latest"}
+    gpu = subprocess.run(["bash", "scripts/build_image.sh", "--bento", "kronos:v123", "--gpu",
+                          "--backend", "podman"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "BENTOML": "echo"})
+    made |= set(re.findall(r"--image-tag (\S+)", gpu.stdout))
+    for name, service, _ in compose_services():
+        default = re.fullmatch(r"\$\{KRONOS_IMAGE_(?:CPU|GPU):-(\S+)\}", service["image"]).group(1)
+        assert default in made, (name, default)
+
+
+def test_build_script_refuses_a_docker_cli_without_a_daemon(tmp_path):
+    fake = tmp_path / "docker"  # a docker CLI whose daemon is unreachable
+    fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    done = subprocess.run(["bash", "scripts/build_image.sh", "--bento", "kronos:v1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin", "BENTOML": "echo"})
+    assert "docker is installed but does not answer" in done.stderr
+    assert "--backend docker" not in done.stdout

@@ -84,6 +84,7 @@ def test_ready_means_every_worker_loaded(server):
     assert len(loaded) == 2, server.log()[-2000:]
     ready = httpx.get(server.url + "/v1/readyz").json()
     assert ready["ready"] and ready["workers"] == 2
+    assert ready["worker_devices"] == {"1": "cpu", "2": "cpu"}
 
 
 def test_logs_are_json_with_request_fields_and_no_raw_values(server):
