@@ -7,6 +7,7 @@ batcher, so concurrent requests run as one ragged runtime call. Run: ``make serv
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import threading
@@ -21,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kronos_runtime import CheckpointError  # noqa: E402
+from kronos_serving import bentoml_patches, connections  # noqa: E402
 from kronos_serving.accounting import record_request  # noqa: E402
 from kronos_serving.draining import Drain  # noqa: E402
 from kronos_serving.forecasting import ForecastRunner, RequestFailed, input_summary  # noqa: E402
@@ -37,6 +39,8 @@ from kronos_serving.worker_readiness import SiblingReadiness  # noqa: E402
 
 log = logging.getLogger("kronos.service")
 SETTINGS = load_settings()
+bentoml_patches.apply(SETTINGS.offload_body_kb * 1024, SETTINGS.max_list_items)
+connections.install(connections.limits_from(SETTINGS))
 
 
 def service_resources(settings: Settings) -> dict[str, Any]:
@@ -71,6 +75,7 @@ class KronosService:
         try:
             self.runner.variants = [load_variant(self.settings, source, weight)
                                     for source, weight in resolve_sources(self.settings)]
+            gc.freeze()  # full collections skip what startup made (short pauses under load)
             if not self.siblings.mark_ready():
                 log.warning("cannot write the worker-ready marker: readiness covers this worker only",
                             extra={"event": "sibling_readiness_unavailable",
@@ -161,5 +166,6 @@ class KronosService:
 KronosService.add_asgi_middleware(
     GuardMiddleware, api_keys=SETTINGS.api_keys, protect_metrics=SETTINGS.protect_metrics,
     max_body_bytes=int(SETTINGS.max_request_size_mb * 1024 * 1024),
-    rate_limit_per_minute=SETTINGS.rate_limit_per_minute)
+    rate_limit_per_minute=SETTINGS.rate_limit_per_minute, rate_limit_url=SETTINGS.rate_limit_url,
+    trusted_proxies=SETTINGS.trusted_proxies)
 KronosService.add_asgi_middleware(ValidationErrorMiddleware)

@@ -65,6 +65,13 @@ class Metrics:
             labelnames=["route"], multiprocess_mode="livesum")
 
     @cached_property
+    def connections_closed(self):
+        return bentoml.metrics.Counter(
+            name="kronos_connections_closed",
+            documentation="Connections closed by the guard (limit, header or body timeout)",
+            labelnames=["reason"])
+
+    @cached_property
     def model_info(self):
         return bentoml.metrics.Gauge(
             name="kronos_model_info", documentation="Loaded model variants (1 per worker)",

@@ -1,0 +1,204 @@
+"""Parse and validate large JSON bodies without holding the event loop.
+
+A thread does not help here: ``json.loads`` and pydantic's validators are C/Rust code that keep
+the GIL for the whole call (0.3 s for a 16 MB body, measured), so the loop would stall anyway.
+Instead the parser walks the document itself and hands only small pieces (a row, a short object)
+to the C decoder, and validation runs one batch item at a time; between pieces it yields to the
+loop every ``SLICE_S``, so health probes and small requests are answered meanwhile.
+
+The cyclic garbage collector is paused while a large body is parsed: the hundreds of thousands of
+lists it allocates would otherwise trigger full collections that walk every object of the worker
+in one go (0.1-0.3 s each, measured with the model loaded).
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import time
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+SLICE_S = 0.005                    # longest stretch of work between two yields to the loop
+WINDOWS = (256, 4096, 65536)       # a container that ends within one of these is decoded in C
+MAX_DEPTH = 64
+_DECODER = json.JSONDecoder()
+_WHITESPACE = " \t\n\r"
+
+
+class _Yielder:
+    """Yields to the event loop once ``SLICE_S`` of work has passed since the last yield."""
+
+    def __init__(self) -> None:
+        self.since = time.perf_counter()
+
+    async def maybe(self) -> None:
+        if time.perf_counter() - self.since > SLICE_S:
+            await asyncio.sleep(0)
+            self.since = time.perf_counter()
+
+
+class _Parser:
+    """A JSON document, decoded piece by piece (same result as ``json.loads``)."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.yielder = text, _Yielder()
+
+    def skip(self, index: int) -> int:
+        while index < len(self.text) and self.text[index] in _WHITESPACE:
+            index += 1
+        return index
+
+    def expect(self, index: int, char: str) -> int:
+        index = self.skip(index)
+        if self.text[index:index + 1] != char:
+            raise json.JSONDecodeError(f"Expecting '{char}'", self.text, index)
+        return index + 1
+
+    async def value(self, index: int, depth: int = 0) -> tuple[Any, int]:
+        index = self.skip(index)
+        await self.yielder.maybe()
+        opening = self.text[index:index + 1]
+        if opening not in ("[", "{"):  # scalars: the C decoder on the text itself (no copy)
+            return _DECODER.raw_decode(self.text, index)
+        for size in WINDOWS:  # small containers: decode a bounded slice in C
+            try:
+                found, length = _DECODER.raw_decode(self.text[index:index + size])
+                return found, index + length
+            except (json.JSONDecodeError, RecursionError):
+                if index + size >= len(self.text):
+                    break
+        if depth >= MAX_DEPTH:
+            raise json.JSONDecodeError("nesting too deep", self.text, index)
+        return await (self.array(index, depth) if opening == "[" else self.object(index, depth))
+
+    async def array(self, index: int, depth: int) -> tuple[list, int]:
+        items: list = []
+        index = self.skip(index + 1)
+        if self.text[index:index + 1] == "]":
+            return items, index + 1
+        while True:
+            item, index = await self.value(index, depth + 1)
+            items.append(item)
+            index = self.skip(index)
+            if self.text[index:index + 1] == "]":
+                return items, index + 1
+            index = self.expect(index, ",")
+
+    async def object(self, index: int, depth: int) -> tuple[dict, int]:
+        found: dict = {}
+        index = self.skip(index + 1)
+        if self.text[index:index + 1] == "}":
+            return found, index + 1
+        while True:
+            index = self.skip(index)
+            if self.text[index:index + 1] != '"':
+                raise json.JSONDecodeError("Expecting property name enclosed in double quotes",
+                                           self.text, index)
+            key, index = _DECODER.raw_decode(self.text, index)
+            found[key], index = await self.value(self.expect(index, ":"), depth + 1)
+            index = self.skip(index)
+            if self.text[index:index + 1] == "}":
+                return found, index + 1
+            index = self.expect(index, ",")
+
+
+async def parse_json(body: bytes) -> Any:
+    """``json.loads(body)``, yielding to the loop while it works; JSONDecodeError if invalid."""
+    text = body.decode("utf-8")
+    parser = _Parser(text)
+    found, end = await parser.value(0)
+    if parser.skip(end) != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return found
+
+
+def _error(cls: type[BaseModel], kind: str, loc: tuple, ctx: dict | None = None,
+           value: Any = None) -> ValidationError:
+    detail: dict[str, Any] = {"type": kind, "loc": loc, "input": value}
+    if ctx is not None:
+        detail["ctx"] = ctx
+    return ValidationError.from_exception_data(cls.__name__, [detail])
+
+
+def _too_long(cls: type[BaseModel], item: Any, loc: tuple, max_items: int) -> ValidationError | None:
+    """A list field of ``item`` longer than any legal request has (checked before pydantic)."""
+    if not isinstance(item, dict):
+        return None
+    for name, value in item.items():
+        if isinstance(value, list) and len(value) > max_items:
+            return _error(cls, "too_long", (*loc, name),
+                          {"field_type": "List", "max_length": max_items, "actual_length": len(value)})
+    return None
+
+
+def _item_model(cls: type[BaseModel], field: str) -> type[BaseModel] | None:
+    """The model of the items of a ``list[Model]`` field of ``cls``, if it is one."""
+    info = cls.model_fields.get(field)
+    args = typing.get_args(info.annotation) if info else ()
+    return args[0] if len(args) == 1 and isinstance(args[0], type) and issubclass(
+        args[0], BaseModel) else None
+
+
+async def validate(cls: type[BaseModel], found: Any, max_list_items: int) -> BaseModel:
+    """``cls.model_validate(found)``, one list item at a time for ``list[Model]`` fields; lists
+    longer than ``max_list_items`` are refused before pydantic walks them."""
+    if not isinstance(found, dict):
+        return cls.model_validate(found)
+    yielder, validated = _Yielder(), dict(found)
+    for name, value in found.items():
+        model = _item_model(cls, name)
+        if model is None or not isinstance(value, list):
+            continue
+        if len(value) > max_list_items:
+            raise _too_long(cls, {name: value}, (), max_list_items)
+        items = []
+        for position, item in enumerate(value):
+            if (refused := _too_long(cls, item, (name, position), max_list_items)) is not None:
+                raise refused
+            try:
+                items.append(model.model_validate(item))
+            except ValidationError as exc:
+                raise ValidationError.from_exception_data(cls.__name__, [
+                    {**{k: v for k, v in e.items() if k in ("type", "input", "ctx")},
+                     "loc": (name, position, *e["loc"])} for e in exc.errors(include_url=False)
+                ]) from None
+            await yielder.maybe()
+        validated[name] = items
+    if (refused := _too_long(cls, validated, (), max_list_items)) is not None:
+        raise refused
+    return cls.model_validate(validated)
+
+
+class _CollectorPause:
+    """No automatic garbage collection while any parse runs (they may overlap)."""
+
+    def __init__(self) -> None:
+        self.active, self.was_enabled = 0, True
+
+    def __enter__(self) -> None:
+        if self.active == 0:
+            self.was_enabled = gc.isenabled()
+            gc.disable()
+        self.active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.active -= 1
+        if self.active == 0 and self.was_enabled:
+            gc.enable()
+
+
+_COLLECTOR_PAUSE = _CollectorPause()
+
+
+async def parse_and_validate(body: bytes, cls: type[BaseModel], max_list_items: int) -> BaseModel:
+    """The request model from a large JSON body; invalid JSON raises pydantic's ``json_invalid``
+    (what BentoML's own parser raises), so the client gets the same 400."""
+    with _COLLECTOR_PAUSE:
+        try:
+            found = await parse_json(body)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise _error(cls, "json_invalid", (), {"error": str(exc)[:200]}) from None
+        return await validate(cls, found, max_list_items)
