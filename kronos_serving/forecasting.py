@@ -6,6 +6,7 @@ variants at the caller's priority and turns the results into the sync response's
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from kronos_runtime import InputError
@@ -19,6 +20,8 @@ from .schemas import SingleRequest
 from .settings import Settings
 from .tracing import tracer
 from .variants import Variant
+
+OFF_LOOP_ROWS = 4096  # requests with more input rows are prepared in a thread
 
 
 class RequestFailed(Exception):
@@ -82,7 +85,10 @@ class ForecastRunner:
     async def run(self, bodies: list[SingleRequest], request_id: str, index_errors: bool,
                   priority: Priority = Priority.INTERACTIVE) -> list[dict[str, Any]]:
         """Validate every body, forecast them at ``priority``; response bodies in input order."""
-        prepared = self.prepare(bodies, index_errors)
+        if sum(len(body.data) for body in bodies) > OFF_LOOP_ROWS:  # keep the event loop free
+            prepared = await asyncio.to_thread(self.prepare, bodies, index_errors)
+        else:
+            prepared = self.prepare(bodies, index_errors)
         by_variant: dict[int, list[int]] = {}
         for i, (variant, _, _) in enumerate(prepared):
             by_variant.setdefault(id(variant), []).append(i)
