@@ -36,10 +36,15 @@ ROW = [10.0, 10.5, 9.8, 10.2, 1000.0, 10200.0]
 QUICK = {"data": [ROW] * 8, "pred_len": 1}
 
 
-def max_body(items: int = 64, rows: int = 2048) -> bytes:
-    """A maximal legal batch body with the default limits (64 series of 2048 rows: ~7 MB)."""
-    return json.dumps({"batch": [{"data": [[r + i * 1e-4 for r in ROW] for i in range(rows)],
-                                  "pred_len": 1}] * items}).encode()
+def max_body(items: int = 64, rows: int = 2048, rejected: bool = False) -> bytes:
+    """A maximal batch body with the default limits: 64 series of 2048 rows, full-precision
+    prices (~15 MB, under the 16 MB cap). ``rejected``: its last item carries an unknown field,
+    so the whole body is parsed and validated, then answered 400 (no forecast runs)."""
+    series = [{"data": [[r * (1 + i * 1.23456789e-7) for r in ROW] for i in range(rows)],
+               "pred_len": 1} for _ in range(items)]
+    if rejected:
+        series[-1] = {**series[-1], "colour": "red"}
+    return json.dumps({"batch": series}).encode()
 
 
 def worker_pids(server_pid: int) -> list[int]:
