@@ -84,7 +84,7 @@ def probe_event_loop(url: str, seconds: float = 20, clients: int = 4, body: byte
                     "Content-Type": "application/json", **(headers or {})})
                 sent.append(response.status_code)
 
-    with ThreadPoolExecutor(clients + 1) as pool:
+    with ThreadPoolExecutor(clients + 1) as pool:  # clients=0: the probes alone (a baseline)
         floods = [pool.submit(flood) for _ in range(clients)]
         probes = pool.submit(_latencies, url, stop, 0.05)
         time.sleep(seconds)
@@ -93,7 +93,7 @@ def probe_event_loop(url: str, seconds: float = 20, clients: int = 4, body: byte
         for f in floods:
             f.result()
     took.sort()
-    return {"probe": "event_loop", "body_mb": round(len(body) / 2 ** 20, 1), "bodies_sent": len(sent),
+    return {"probe": "event_loop", "clients": clients, "body_mb": round(len(body) / 2 ** 20, 1), "bodies_sent": len(sent),
             "body_statuses": sorted(set(sent)), "health_probes": len(took), "probes_failed": failed,
             "p50_ms": round(1000 * statistics.median(took), 1),
             "p99_ms": round(1000 * took[int(0.99 * (len(took) - 1))], 1),
