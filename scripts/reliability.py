@@ -48,8 +48,15 @@ def max_body(items: int = 64, rows: int = 2048, rejected: bool = False) -> bytes
 
 
 def worker_pids(server_pid: int) -> list[int]:
-    return [p.pid for p in psutil.Process(server_pid).children(recursive=True)
-            if "_bentoml_impl.worker" in " ".join(p.cmdline())]
+    """The server's worker processes (none once it has exited)."""
+    pids = []
+    try:
+        for child in psutil.Process(server_pid).children(recursive=True):
+            if "_bentoml_impl.worker" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+    except psutil.NoSuchProcess:  # exiting while we look
+        pass
+    return pids
 
 
 def rss_mb(pids: list[int]) -> float:
