@@ -10,9 +10,12 @@ PORT ?= 3000
 install: $(STAMP) system-deps
 
 # nginx: the hybrid-deployment routing test runs Debian's nginx in front of two local services.
+# redis-server: the rate-limit test shares a limit across two "replicas" through a real Redis.
 system-deps:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null)
+	@command -v redis-server >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -35,7 +35,7 @@ from kronos_serving.settings import Settings, load_settings  # noqa: E402
 from kronos_serving.tracing import tracing_config  # noqa: E402
 from kronos_serving.validation_errors import ValidationErrorMiddleware  # noqa: E402
 from kronos_serving.variants import load_variant, resolve_sources  # noqa: E402
-from kronos_serving.worker_readiness import SiblingReadiness  # noqa: E402
+from kronos_serving.worker_readiness import SiblingReadiness, watch_siblings_in_container  # noqa: E402
 
 log = logging.getLogger("kronos.service")
 SETTINGS = load_settings()
@@ -62,8 +62,9 @@ class KronosService:
         configure_json_logging(SETTINGS.log_level)
         torch.set_num_threads(SETTINGS.torch_threads)
         self.runner = ForecastRunner(SETTINGS)
-        self.drain = Drain(SETTINGS.drain_delay_s)
         self.siblings = SiblingReadiness(SETTINGS.workers)
+        self.drain = Drain(SETTINGS.drain_delay_s, on_drain=self.siblings.unmark)
+        watch_siblings_in_container(self.siblings)
         if not self.drain.install():
             log.warning("SIGTERM handler not installed: readiness will not fail before shutdown",
                         extra={"event": "drain_unavailable"})

@@ -257,7 +257,8 @@ def probe_huge_request(url: str, timeout_s: float, follow_s: float = 60) -> dict
     huge = {"data": [[r + i * 1e-4 for r in ROW] for i in range(2048)], "pred_len": 512,
             "sample_count": 32}
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(httpx.post, url + "/v1/predict/single", json=huge, timeout=600)
+        first = pool.submit(httpx.post, url + "/v1/predict/single", json=huge,
+                            timeout=timeout_s + 35)
         time.sleep(1)
         statuses: dict[int, int] = {}
         deadline = time.time() + follow_s
@@ -265,7 +266,10 @@ def probe_huge_request(url: str, timeout_s: float, follow_s: float = 60) -> dict
             status = httpx.post(url + "/v1/predict/single", json=QUICK,
                                 timeout=timeout_s + 35).status_code
             statuses[status] = statuses.get(status, 0) + 1
-        huge_status = first.result().status_code
+        try:
+            huge_status: int | str = first.result().status_code
+        except httpx.HTTPError as exc:
+            huge_status = type(exc).__name__
     return {"probe": "huge_request", "huge_status": huge_status, "later_statuses": statuses,
             "later_timed_out": statuses.get(504, 0)}
 
@@ -311,10 +315,10 @@ def main() -> None:
             with running_server(home, {"KRONOS_MODEL": tag, "KRONOS_DRAIN_DELAY_S": "5"},
                                 Path(tmp) / "c.log") as srv:
                 results.append(probe_rolling_restart(srv))
-        if "worker_kill" in wanted:
-            with running_server(home, {"KRONOS_MODEL": tag, "BENTOML_CONTAINERIZED": "true"},
-                                Path(tmp) / "d.log") as srv:
-                results.append(probe_worker_kill(srv))
+        for workers in ("1", "2") if "worker_kill" in wanted else ():
+            with running_server(home, {"KRONOS_MODEL": tag, "BENTOML_CONTAINERIZED": "true",
+                                       "KRONOS_WORKERS": workers}, Path(tmp) / "d.log") as srv:
+                results.append({**probe_worker_kill(srv), "workers": int(workers)})
         if "huge_request" in wanted:
             with running_server(home, {"KRONOS_MODEL": tag, "KRONOS_TIMEOUT_S": "20"},
                                 Path(tmp) / "e.log") as srv:
