@@ -239,12 +239,11 @@ def probe_rolling_restart(server, clients: int = 4, drain_wait_s: float = 30) ->
 
 def probe_worker_kill(server, wait_s: float = 30) -> dict:
     """kill -9 a worker: does the server exit (non-zero) or restart the worker, within ``wait_s``?"""
-    worker = worker_pids(server.process.pid)[0]
-    os.kill(worker, signal.SIGKILL)
+    before = set(worker_pids(server.process.pid))
+    os.kill(min(before), signal.SIGKILL)
     deadline = time.time() + wait_s
     while time.time() < deadline and server.process.poll() is None:
-        alive = worker_pids(server.process.pid)
-        if alive and worker not in alive:
+        if set(worker_pids(server.process.pid)) - before:  # a new worker
             return {"probe": "worker_kill", "outcome": "worker restarted", "exit_code": None}
         time.sleep(0.2)
     return {"probe": "worker_kill", "outcome": "server exited" if server.process.poll() is not None
