@@ -81,7 +81,7 @@ def _latencies(url: str, stop: threading.Event, every_s: float) -> tuple[list[fl
 def probe_event_loop(url: str, seconds: float = 20, clients: int = 4, body: bytes | None = None,
                      headers: dict | None = None) -> dict:
     """Health probes every 50 ms while ``clients`` loop maximal bodies: probe latency figures."""
-    body = body or max_body()
+    body = body or (max_body() if clients else b"")
     stop, sent = threading.Event(), []
 
     def flood() -> None:
