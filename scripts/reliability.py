@@ -79,14 +79,17 @@ def _latencies(url: str, stop: threading.Event, every_s: float) -> tuple[list[fl
 
 
 def probe_event_loop(url: str, seconds: float = 20, clients: int = 4, body: bytes | None = None,
-                     headers: dict | None = None) -> dict:
-    """Health probes every 50 ms while ``clients`` loop maximal bodies: probe latency figures."""
+                     headers: dict | None = None, max_bodies: int = 10 ** 6) -> dict:
+    """Health probes every 50 ms while ``clients`` loop maximal bodies (each at most
+    ``max_bodies``, to stay under a rate limit): probe latency figures."""
     body = body or (max_body() if clients else b"")
     stop, sent = threading.Event(), []
 
     def flood() -> None:
         with httpx.Client(timeout=120) as client:
-            while not stop.is_set():
+            for _ in range(max_bodies):
+                if stop.is_set():
+                    break
                 response = client.post(url + "/v1/predict/batch", content=body, headers={
                     "Content-Type": "application/json", **(headers or {})})
                 sent.append(response.status_code)
