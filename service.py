@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import sys
 import threading
@@ -26,6 +27,7 @@ from starlette.applications import Starlette
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kronos_runtime import CheckpointError  # noqa: E402
+from kronos_serving import bentoml_patches, connections  # noqa: E402
 from kronos_serving.accounting import record_request  # noqa: E402
 from kronos_serving.accuracy import routes as accuracy_routes  # noqa: E402
 from kronos_serving.backtesting import BacktestRequest, serve_backtest  # noqa: E402
@@ -51,12 +53,14 @@ from kronos_serving.tracing import tracing_config  # noqa: E402
 from kronos_serving.ui_app import ui_app  # noqa: E402
 from kronos_serving.validation_errors import ValidationErrorMiddleware  # noqa: E402
 from kronos_serving.variants import load_variant, resolve_sources  # noqa: E402
-from kronos_serving.worker_readiness import SiblingReadiness  # noqa: E402
+from kronos_serving.worker_readiness import SiblingReadiness, watch_siblings_in_container  # noqa: E402
 
 log = logging.getLogger("kronos.service")
 SETTINGS = load_settings()
 V1_APP = Starlette(routes=[*health_app.routes, *jobs_api.routes, *accuracy_routes])  # at /v1
 isolate_metrics_dir(bentoml.server_context.worker_index)
+bentoml_patches.apply(SETTINGS.offload_body_kb * 1024, SETTINGS.max_list_items)
+connections.install(connections.limits_from(SETTINGS))
 
 
 def service_resources(settings: Settings) -> dict[str, Any]:
@@ -87,8 +91,9 @@ class KronosService(declared_models(SETTINGS)):
         if SETTINGS.record_forecasts:
             self.runner.recorder = RecordWriter(self.store.records, SETTINGS, self.store.ready).submit
         self.jobs = JobWorker(self.store, self.runner, SETTINGS, paused=lambda: self.drain.draining)
-        self.drain = Drain(SETTINGS.drain_delay_s)
         self.siblings = SiblingReadiness(SETTINGS.workers)
+        self.drain = Drain(SETTINGS.drain_delay_s, on_drain=self.siblings.unmark)
+        watch_siblings_in_container(self.siblings)
         self.queue = QueueConsumer(SETTINGS, self.runner,
                                    StoreJobRecorder(self.store, self.jobs, SETTINGS.job_lease_s),
                                    paused=lambda: self.drain.draining)
@@ -103,6 +108,7 @@ class KronosService(declared_models(SETTINGS)):
         try:
             self.runner.variants = [load_variant(self.settings, source, weight)
                                     for source, weight in resolve_sources(self.settings)]
+            gc.freeze()  # full collections skip what startup made (short pauses under load)
             show_alerting_series([v.version for v in self.runner.variants])
             if not self.siblings.mark_ready(f"{bentoml.server_context.worker_index or 1} "
                                             f"{self.settings.device}"):
@@ -223,6 +229,7 @@ class KronosService(declared_models(SETTINGS)):
 KronosService.add_asgi_middleware(
     GuardMiddleware, api_keys=SETTINGS.api_keys, protect_metrics=SETTINGS.protect_metrics,
     max_body_bytes=int(SETTINGS.max_request_size_mb * 1024 * 1024),
-    rate_limit_per_minute=SETTINGS.rate_limit_per_minute)
+    rate_limit_per_minute=SETTINGS.rate_limit_per_minute, rate_limit_url=SETTINGS.rate_limit_url,
+    trusted_proxies=SETTINGS.trusted_proxies)
 KronosService.add_asgi_middleware(ValidationErrorMiddleware)
 KronosService.add_asgi_middleware(OpenAPIMiddleware, secured=bool(SETTINGS.api_keys))

@@ -13,9 +13,10 @@ log = logging.getLogger("kronos.drain")
 class Drain:
     """Wraps the server's SIGTERM handler: readiness fails first, the server stops later."""
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, on_drain: Callable[[], Any] | None = None) -> None:
         self.delay_s = max(0.0, delay_s)
         self.draining = False
+        self.on_drain = on_drain  # called once, at the first SIGTERM
 
     def install(self) -> bool:
         """Chain onto the current SIGTERM handler; only possible from the main thread."""
@@ -32,6 +33,8 @@ class Drain:
             previous(sig, frame)
             return
         self.draining = True
+        if self.on_drain is not None:
+            self.on_drain()
         log.info("draining", extra={"event": "draining", "delay_s": self.delay_s})
         if self.delay_s == 0:
             previous(sig, frame)

@@ -23,6 +23,8 @@ from .store.records import Forecast
 from .tracing import tracer
 from .variants import Variant
 
+OFF_LOOP_ROWS = 4096  # requests with more input rows are prepared in a thread
+
 
 class RequestFailed(Exception):
     """An error answered with ``status`` and a JSON body naming the field."""
@@ -113,7 +115,10 @@ class ForecastRunner:
 
     async def _forecast(self, bodies: list[SingleRequest], request_id: str, index_errors: bool,
                         priority: Priority) -> list[dict[str, Any]]:
-        prepared = self.prepare(bodies, index_errors)
+        if sum(len(body.data) for body in bodies) > OFF_LOOP_ROWS:  # keep the event loop free
+            prepared = await asyncio.to_thread(self.prepare, bodies, index_errors)
+        else:
+            prepared = self.prepare(bodies, index_errors)
         by_variant: dict[int, list[int]] = {}
         for i, (variant, _, _) in enumerate(prepared):
             by_variant.setdefault(id(variant), []).append(i)

@@ -2,17 +2,17 @@
 
 Health and readiness stay open; metrics are open unless ``protect_metrics`` is set. Keys come as
 ``Authorization: Bearer <key>`` (what the BentoML clients send) or ``X-API-Key``, and are compared
-in constant time. The rate limit is per key (per client address without keys) and per worker.
+in constant time. The rate limit is per key (per client address without keys), shared by the
+server's workers (and replicas, with Redis): see ``rate_limits``.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
-import math
-import threading
-import time
 from typing import Any, Awaitable, Callable
+
+from .rate_limits import client_address, make_limiter, parse_networks
 
 OPEN_PATHS = ("/v1/healthz", "/v1/readyz", "/healthz", "/readyz", "/livez")
 OPEN_PREFIX = "/ui"  # the static page (its API calls carry the key the user types in)
@@ -65,28 +65,6 @@ def key_matches(candidate: bytes, keys: list[bytes]) -> bool:
     return found
 
 
-class RateLimiter:
-    """A token bucket per client: ``per_minute`` requests, refilled continuously."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = float(per_minute)
-        self.buckets: dict[str, tuple[float, float]] = {}
-        self.lock = threading.Lock()
-
-    def retry_after(self, client: str) -> int:
-        """0 if the request may go now (and take a token), else seconds to wait."""
-        now = time.monotonic()
-        with self.lock:
-            tokens, last = self.buckets.get(client, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            if tokens >= 1:
-                self.buckets[client] = (tokens - 1, now)
-                return 0
-            self.buckets[client] = (tokens, now)
-            return max(1, math.ceil((1 - tokens) / self.rate))
-
-
 async def reply(send: Send, status: int, error: str, headers: dict[str, str] | None = None,
                 field: str | None = None) -> None:
     body = json.dumps({"error": error, "field": field} if field else {"error": error}).encode()
@@ -100,11 +78,13 @@ class GuardMiddleware:
     """Rejects unauthenticated (401), oversized (413), non-JSON (415) and over-rate (429) requests."""
 
     def __init__(self, app: Callable, api_keys: str = "", max_body_bytes: int = 0,
-                 rate_limit_per_minute: int = 0, protect_metrics: bool = False) -> None:
+                 rate_limit_per_minute: int = 0, protect_metrics: bool = False,
+                 rate_limit_url: str = "", trusted_proxies: str = "") -> None:
         self.app = app
         self.keys = parse_keys(api_keys)
         self.max_body_bytes = max_body_bytes
-        self.limiter = RateLimiter(rate_limit_per_minute) if rate_limit_per_minute > 0 else None
+        self.limiter = make_limiter(rate_limit_per_minute, rate_limit_url)
+        self.proxies = parse_networks(trusted_proxies)
         self.protect_metrics = protect_metrics
 
     def _is_open(self, path: str) -> bool:
@@ -123,8 +103,10 @@ class GuardMiddleware:
         if self.keys:
             scope.setdefault("state", {})[KEY_ID_STATE] = key_id(key)
         if self.limiter:
-            client = hashlib.sha256(key).hexdigest() if key else (scope.get("client") or ("?",))[0]
-            wait = self.limiter.retry_after(client)
+            peer = (scope.get("client") or ("?",))[0]
+            client = hashlib.sha256(key).hexdigest() if key else client_address(
+                peer, headers.get(b"x-forwarded-for"), self.proxies)
+            wait = await self.limiter.retry_after(client)
             if wait:
                 return await reply(send, 429, "rate limit exceeded", {"Retry-After": str(wait)})
         if scope.get("method") in BODY_METHODS and scope.get("path", "").startswith(

@@ -118,6 +118,13 @@ class Metrics:
             name="kronos_model_load_failures", documentation="Model loads that failed (per worker)")
 
     @cached_property
+    def connections_closed(self):
+        return bentoml.metrics.Counter(
+            name="kronos_connections_closed",
+            documentation="Connections closed by the guard (limit, header or body timeout)",
+            labelnames=["reason"])
+
+    @cached_property
     def model_info(self):
         return _gauge("kronos_model_info", "Loaded model variants (1 per worker)",
                       ["model", "version", "device"], "livesum")

@@ -55,7 +55,7 @@ class Settings:
     memory: str = "4Gi"
     gpu: int = 1
     timeout_s: float = 300.0
-    drain_delay_s: float = 0.0
+    drain_delay_s: float = 5.0
     log_level: str = "INFO"
     otlp_endpoint: str = ""
     otlp_protocol: str = "http"
@@ -86,6 +86,13 @@ class Settings:
     cache_max_entries: int = 1024
     cache_url: str = ""
     cache_ttl_s: float = 3600.0
+    rate_limit_url: str = ""
+    trusted_proxies: str = ""
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    idle_timeout_s: int = 5
+    max_connections: int = 0
+    offload_body_kb: int = 64
 
     @property
     def torch_threads(self) -> int:
@@ -96,6 +103,11 @@ class Settings:
     @property
     def uses_gpu(self) -> bool:
         return self.device.startswith("cuda")
+
+    @property
+    def max_list_items(self) -> int:
+        """The longest list any legal request holds (rows, timestamps, batch items)."""
+        return max(self.max_lookback, self.max_pred_len, self.max_batch_items)
 
 
 def _coerce(kind: type, name: str, raw: object) -> object:

@@ -7,9 +7,14 @@ only when every worker of its server (the children of the same arbiter) has left
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
+
+log = logging.getLogger("kronos.workers")
 
 
 class SiblingReadiness:
@@ -33,6 +38,17 @@ class SiblingReadiness:
             self.workers = 1
             return False
         return True
+
+    def unmark(self) -> None:
+        """Remove this worker's marker (it is stopping on purpose: not a lost worker)."""
+        (self.directory / str(self.pid)).unlink(missing_ok=True)
+
+    def lost_workers(self) -> list[int]:
+        """Siblings that marked themselves ready and died without unmarking (killed, crashed)."""
+        if not self.directory.is_dir():
+            return []
+        return [int(m.name) for m in self.directory.iterdir()
+                if m.name.isdigit() and not _alive(int(m.name))]
 
     def ready_workers(self) -> int:
         """Workers that marked themselves ready and are still alive (stale markers are removed)."""
@@ -69,4 +85,30 @@ def process_alive(pid: int) -> bool:
         return False
     except PermissionError:  # alive, owned by someone else
         return True
+    return True
+
+
+def watch_siblings_in_container(siblings: SiblingReadiness, interval_s: float = 1.0) -> bool:
+    """In a container, BentoML's arbiter does not restart a dead worker (``respawn`` is off when
+    ``BENTOML_CONTAINERIZED`` is set): with one worker the server exits (status 1), with several
+    the others would go on serving short-handed forever. So each worker watches its siblings'
+    markers and, once one died without draining, exits with status 1 as well: the server exits
+    and the orchestrator restarts the container. Outside containers the arbiter restarts workers.
+    """
+    from bentoml.serving import running_inside_container
+
+    if not running_inside_container() or siblings.workers <= 1:
+        return False
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            lost = siblings.lost_workers()
+            if lost:
+                log.error("a sibling worker died: exiting so the container is restarted",
+                          extra={"event": "worker_lost", "workers": lost})
+                logging.shutdown()
+                os._exit(1)
+
+    threading.Thread(target=watch, name="kronos-sibling-watch", daemon=True).start()
     return True

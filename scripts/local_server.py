@@ -68,6 +68,7 @@ def running_server(bentoml_home: Path, env: dict[str, str], log_path: Path,
     """A ``bentoml serve`` subprocess on a free 127.0.0.1 port, stopped (SIGTERM) afterwards."""
     port = free_port()
     full_env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "KRONOS_THREADS": "1",
+                "KRONOS_DRAIN_DELAY_S": "0",  # tests stop servers at once (the default drains 5 s)
                 "HF_HUB_OFFLINE": "1", **env}
     with log_path.open("w") as log:
         process = subprocess.Popen([*BENTOML_COMMAND, "serve", target, "--host", "127.0.0.1",
