@@ -10,8 +10,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 PORT ?= 3000
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
-PIP := $(BIN)/pip install -q --disable-pip-version-check --extra-index-url $(TORCH_INDEX)
+# torch from the PyTorch CPU index (TORCH_INDEX overrides it) when that index answers.
+PIP := $(BIN)/pip install -q --disable-pip-version-check $$($(PYTHON) scripts/torch_index.py)
 
 .PHONY: install install-dev system-deps test serve bench load-test clean
 

@@ -9,7 +9,6 @@ variant's engine (continuous batching: concurrent requests share every decode st
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import logging
@@ -33,6 +32,7 @@ from kronos_serving.accuracy import routes as accuracy_routes  # noqa: E402
 from kronos_serving.backtesting import BacktestRequest, serve_backtest  # noqa: E402
 from kronos_serving.bento_models import declared_models, model_labels, selection_envs  # noqa: E402
 from kronos_serving.cache import ForecastCache  # noqa: E402
+from kronos_serving.client_gone import ClientGone, while_connected  # noqa: E402
 from kronos_serving.draining import Drain  # noqa: E402
 from kronos_serving.forecasting import ForecastRunner, RequestFailed, input_summary  # noqa: E402
 from kronos_serving.guard import GuardMiddleware, caller_key_id  # noqa: E402
@@ -179,15 +179,17 @@ class KronosService(declared_models(SETTINGS)):
         in_flight.inc()
         try:
             try:
-                results, cached = await asyncio.wait_for(
+                results, cached = await while_connected(
                     self.cache.run(self.runner, bodies, request_id, batch, route=route,
                                    key_id=caller_key_id(ctx.request.scope) or ""),
-                    self.settings.timeout_s)
+                    ctx.request, self.settings.timeout_s)
                 if cached != "bypass":
                     ctx.response.headers["X-Cache"] = cached
-            except TimeoutError as exc:  # queued jobs are dropped; a running batch finishes alone
+            except TimeoutError as exc:  # its series leave the engine at the next step
                 raise RequestFailed(504, f"timed out after {self.settings.timeout_s} s "
                                          "(queue wait and forecast)", retry_after=5) from exc
+            except ClientGone as exc:  # nobody to answer: its series leave the engine too
+                raise RequestFailed(499, "client disconnected before the answer") from exc
             version = ",".join(sorted({r["model_version"] for r in results})) or "none"
             ctx.response.status_code = 200
             body: dict[str, Any] = {"results": results} if batch else results[0]

@@ -60,9 +60,15 @@ def step_recorder(version: str) -> Callable[[StepStats], None]:
     """Per-step engine metrics for one variant (called from the engine thread)."""
     from .metrics import METRICS
 
+    worst = 0.0
+
     def record(stats: StepStats) -> None:
+        nonlocal worst
         labels = {"model_version": version}
         METRICS.engine_step.labels(**labels).observe(stats.seconds)
+        if stats.seconds > worst:
+            worst = stats.seconds
+            METRICS.worst_step.labels(**labels).set(worst)
         METRICS.live_rows.labels(**labels).observe(stats.live_rows)
         if stats.decoded_series:
             METRICS.batch_size.labels(**labels).observe(stats.decoded_series)

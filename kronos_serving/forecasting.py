@@ -11,10 +11,11 @@ import time
 from typing import Any, Callable, Optional
 
 from kronos_runtime import InputError
-from kronos_runtime.engine import Priority
+from kronos_runtime.engine import Priority, series_cost
 
 from .engine_client import QueueFull
 from .metrics import METRICS
+from .rate_limits import make_limiter
 from .requests import to_forecast_request, to_response
 from .routing import choose
 from .schemas import SingleRequest
@@ -55,6 +56,8 @@ class ForecastRunner:
         self.load_error: str | None = None
         # Every forecast (each call of run) is handed here to be recorded; None: not recorded.
         self.recorder: Optional[Callable[[Forecast], None]] = None
+        self.budget = make_limiter(settings.cost_budget_per_minute, settings.rate_limit_url,
+                                   name="cost")
 
     def variant_for(self, body: SingleRequest) -> Variant:
         if not self.variants:
@@ -96,7 +99,7 @@ class ForecastRunner:
         started = time.perf_counter()
         results, status, error = None, 500, None
         try:
-            results = await self._forecast(bodies, request_id, index_errors, priority)
+            results = await self._forecast(bodies, request_id, index_errors, priority, key_id)
             status = 200
             return results
         except RequestFailed as exc:
@@ -113,12 +116,36 @@ class ForecastRunner:
                 self.recorder(Forecast(request_id, route, key_id, bodies, results, status,
                                        (time.perf_counter() - started) * 1000, error))
 
+    async def admit(self, prepared: list[tuple], index_errors: bool, priority: Priority,
+                    key_id: str) -> None:
+        """Cost control: 400 past ``max_request_cost`` per series; 429 past the caller's
+        ``cost_budget_per_minute`` (interactive calls; per API key, anonymous callers share one)."""
+        costs = []
+        for i, (variant, request, series) in enumerate(prepared):
+            forecaster = variant.forecaster
+            cost = series_cost(series.length, series.horizon, request.sampling.sample_count,
+                               forecaster.max_context, forecaster.sliding == "exact")
+            if cost > self.settings.max_request_cost:
+                field = f"batch[{i}]" if index_errors else "body"
+                raise RequestFailed(400, f"{field}: estimated cost {cost} positions exceeds "
+                                         f"max_request_cost {self.settings.max_request_cost}; send "
+                                         "fewer rows, a shorter pred_len or fewer sample paths", field)
+            costs.append(cost)
+        if self.budget is not None and priority == Priority.INTERACTIVE:
+            wait = await self.budget.retry_after(key_id or "anonymous", sum(costs))
+            if wait:
+                METRICS.budget_rejections.inc()
+                raise RequestFailed(429, f"cost budget exceeded: cost_budget_per_minute is "
+                                         f"{self.settings.cost_budget_per_minute:g} positions",
+                                    "cost_budget_per_minute", retry_after=wait)
+
     async def _forecast(self, bodies: list[SingleRequest], request_id: str, index_errors: bool,
-                        priority: Priority) -> list[dict[str, Any]]:
+                        priority: Priority, key_id: str = "") -> list[dict[str, Any]]:
         if sum(len(body.data) for body in bodies) > OFF_LOOP_ROWS:  # keep the event loop free
             prepared = await asyncio.to_thread(self.prepare, bodies, index_errors)
         else:
             prepared = self.prepare(bodies, index_errors)
+        await self.admit(prepared, index_errors, priority, key_id)
         by_variant: dict[int, list[int]] = {}
         for i, (variant, _, _) in enumerate(prepared):
             by_variant.setdefault(id(variant), []).append(i)

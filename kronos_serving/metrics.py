@@ -61,6 +61,17 @@ class Metrics:
         return _histogram("kronos_engine_step_seconds", "Duration of one engine step", STEP_BUCKETS)
 
     @cached_property
+    def budget_rejections(self):
+        return bentoml.metrics.Counter(name="kronos_cost_budget_rejections",
+                                       documentation="Requests refused past a key's cost budget")
+
+    @cached_property
+    def worst_step(self):
+        return bentoml.metrics.Gauge(
+            name="kronos_engine_worst_step_seconds", documentation="Longest engine step so far",
+            labelnames=["model_version"], multiprocess_mode="max")
+
+    @cached_property
     def live_rows(self):
         return _histogram("kronos_engine_live_rows", "Sample paths live in the engine, per step",
                           ROWS_BUCKETS)

@@ -63,18 +63,21 @@ def client_address(peer: str, forwarded_for: bytes | None, proxies: list[Network
     return client
 
 
-def _take(tokens: float, elapsed: float, rate: float, capacity: float) -> tuple[float, int]:
-    """Refill, then take one token: (tokens left, 0) or (tokens, seconds to wait)."""
+def _take(tokens: float, elapsed: float, rate: float, capacity: float,
+          amount: float = 1.0) -> tuple[float, int]:
+    """Refill, then take ``amount`` tokens (at most a full bucket): (tokens left, 0) or
+    (tokens, seconds to wait)."""
     tokens = min(capacity, tokens + max(0.0, elapsed) * rate)
-    if tokens >= 1:
-        return tokens - 1, 0
-    return tokens, max(1, math.ceil((1 - tokens) / rate))
+    amount = min(amount, capacity)
+    if tokens >= amount:
+        return tokens - amount, 0
+    return tokens, max(1, math.ceil((amount - tokens) / rate))
 
 
 class SharedBuckets:
     """Buckets in SQLite, shared by the processes that open the same file."""
 
-    def __init__(self, per_minute: int, path: Path, max_clients: int = 100_000) -> None:
+    def __init__(self, per_minute: float, path: Path, max_clients: int = 100_000) -> None:
         self.rate, self.capacity = per_minute / 60.0, float(per_minute)
         self.path, self.max_clients = path, max_clients
         self.lock = threading.Lock()
@@ -87,12 +90,13 @@ class SharedBuckets:
                         "(client TEXT PRIMARY KEY, tokens REAL, updated REAL)")
 
     @classmethod
-    def for_this_server(cls, per_minute: int, parent: int | None = None) -> SharedBuckets:
+    def for_this_server(cls, per_minute: float, parent: int | None = None,
+                        name: str = "buckets") -> SharedBuckets:
         """The buckets of the server this worker belongs to (its siblings open the same file)."""
         directory = Path(tempfile.gettempdir()) / f"kronos-rate-{parent or os.getppid()}"
-        return cls(per_minute, directory / "buckets.sqlite")
+        return cls(per_minute, directory / f"{name}.sqlite")
 
-    def retry_after_now(self, client: str) -> int:
+    def retry_after_now(self, client: str, amount: float = 1.0) -> int:
         now = time.time()
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
@@ -100,7 +104,7 @@ class SharedBuckets:
                 row = self.db.execute("SELECT tokens, updated FROM buckets WHERE client = ?",
                                       (client,)).fetchone()
                 tokens, updated = row if row else (self.capacity, now)
-                tokens, wait = _take(tokens, now - updated, self.rate, self.capacity)
+                tokens, wait = _take(tokens, now - updated, self.rate, self.capacity, amount)
                 self.db.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?)",
                                 (client, tokens, now))
                 self.decisions += 1
@@ -122,13 +126,14 @@ class SharedBuckets:
         with self.lock:
             return self.db.execute("SELECT COUNT(*) FROM buckets").fetchone()[0]
 
-    async def retry_after(self, client: str) -> int:
-        """0 if the request may go now (a token is taken), else seconds to wait."""
-        return await asyncio.to_thread(self.retry_after_now, client)
+    async def retry_after(self, client: str, amount: float = 1.0) -> int:
+        """0 if the request may go now (``amount`` tokens are taken), else seconds to wait."""
+        return await asyncio.to_thread(self.retry_after_now, client, amount)
 
 
 TOKEN_BUCKET_LUA = """
 local rate, capacity = tonumber(ARGV[1]), tonumber(ARGV[2])
+local amount = math.min(tonumber(ARGV[3] or '1'), capacity)
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
@@ -136,7 +141,7 @@ local tokens = tonumber(state[1]) or capacity
 local updated = tonumber(state[2]) or now
 tokens = math.min(capacity, tokens + math.max(0, now - updated) * rate)
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = math.max(1, math.ceil((1 - tokens) / rate)) end
+if tokens >= amount then tokens = tokens - amount else wait = math.max(1, math.ceil((amount - tokens) / rate)) end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 1)
 return wait
@@ -146,7 +151,7 @@ return wait
 class RedisBuckets:
     """Buckets in Redis (shared across replicas); the server's own buckets when Redis is down."""
 
-    def __init__(self, per_minute: int, url: str, fallback: SharedBuckets,
+    def __init__(self, per_minute: float, url: str, fallback: SharedBuckets,
                  prefix: str = "kronos:rate:") -> None:
         import redis.asyncio
 
@@ -157,22 +162,24 @@ class RedisBuckets:
         self.fallback, self.prefix = fallback, prefix
         self.warned_at = 0.0
 
-    async def retry_after(self, client: str) -> int:
+    async def retry_after(self, client: str, amount: float = 1.0) -> int:
         try:
             return int(await self.script(keys=[self.prefix + client],
-                                         args=[self.rate, self.capacity]))
+                                         args=[self.rate, self.capacity, amount]))
         except Exception as exc:  # noqa: BLE001 - any Redis failure: limit locally instead
             if time.monotonic() - self.warned_at > 10:
                 self.warned_at = time.monotonic()
                 log.warning("rate-limit Redis unreachable: limiting per server",
                             extra={"event": "rate_limit_redis_unavailable",
                                    "error": f"{type(exc).__name__}: {exc}"})
-            return await self.fallback.retry_after(client)
+            return await self.fallback.retry_after(client, amount)
 
 
-def make_limiter(per_minute: int, redis_url: str = "") -> SharedBuckets | RedisBuckets | None:
-    """The limiter the settings ask for (None when rate limiting is off)."""
+def make_limiter(per_minute: float, redis_url: str = "", name: str = "buckets"
+                 ) -> SharedBuckets | RedisBuckets | None:
+    """The limiter the settings ask for (None when off); ``name`` keeps limiters apart."""
     if per_minute <= 0:
         return None
-    shared = SharedBuckets.for_this_server(per_minute)
-    return RedisBuckets(per_minute, redis_url, shared) if redis_url else shared
+    shared = SharedBuckets.for_this_server(per_minute, name=name)
+    return (RedisBuckets(per_minute, redis_url, shared, prefix=f"kronos:{name}:")
+            if redis_url else shared)

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 
 Row = Annotated[list[float], Field(min_length=4, max_length=6)]
 # Inclusive bounds only: BentoML labels its OpenAPI document 3.0, where exclusive bounds are
 # booleans. The runtime still rejects 0 and 1 (quantiles), 0 (temperature, top_p), naming the field.
 Probability = Annotated[float, Field(ge=0, le=1)]
+Integer = Annotated[int, Strict()]  # JSON integers only: true/false and "3" are 400s, not 1 and 3
 
 
 class SingleRequest(BaseModel):
@@ -22,7 +23,7 @@ class SingleRequest(BaseModel):
                     "see `columns` for another order.",
         examples=[[[10.0, 10.5, 9.8, 10.2, 1200.0], [10.2, 10.9, 10.1, 10.7, 1500.0],
                    [10.7, 11.0, 10.4, 10.6, 1100.0]]])
-    pred_len: Optional[int] = Field(None, ge=1, description="Steps to forecast (default from settings).",
+    pred_len: Optional[Integer] = Field(None, ge=1, description="Steps to forecast (default from settings).",
                                     examples=[3])
     timestamps: Optional[list[str]] = Field(None, description="ISO-8601 time of each row.")
     future_timestamps: Optional[list[str]] = Field(
@@ -30,13 +31,13 @@ class SingleRequest(BaseModel):
     columns: Optional[list[str]] = Field(
         None, description="Names of the row values, e.g. [open, high, low, close, volume].")
     temperature: Optional[float] = Field(None, ge=0, le=1e6, description="In [1e-6, 1e6].")
-    top_k: Optional[int] = Field(None, ge=0, le=2 ** 31 - 1, description="0: no top-k filter.")
+    top_k: Optional[Integer] = Field(None, ge=0, le=2 ** 31 - 1, description="0: no top-k filter.")
     top_p: Optional[float] = Field(None, ge=0, le=1, description="In (0, 1]; 1: no top-p filter.")
-    sample_count: Optional[int] = Field(None, ge=1, description="Sample paths averaged into the mean.")
-    seed: Optional[int] = Field(None, ge=0, le=2 ** 63 - 1,
+    sample_count: Optional[Integer] = Field(None, ge=1, description="Sample paths averaged into the mean.")
+    seed: Optional[Integer] = Field(None, ge=0, le=2 ** 63 - 1,
                                 description="Makes sampled forecasts reproducible.")
     quantiles: Optional[list[Probability]] = Field(None, description="In (0, 1), e.g. [0.1, 0.5, 0.9]")
-    lookback: Optional[int] = Field(None, ge=2, description="Use only the last N rows.")
+    lookback: Optional[Integer] = Field(None, ge=2, description="Use only the last N rows.")
     model_version: Optional[str] = Field(None, description="Pin a model variant (A/B).")
     sticky_key: Optional[str] = Field(
         None, description="Same key, same model variant (e.g. a user or portfolio id).")

@@ -50,6 +50,8 @@ class Settings:
     starvation_s: float = 30.0
     background_share: float = 0.75
     max_queue: int = 1024
+    max_request_cost: int = 2_000_000
+    cost_budget_per_minute: float = 0.0
     workers: int = 1
     cpu: int = 2
     memory: str = "4Gi"

@@ -48,26 +48,23 @@ class SiblingReadiness:
         if not self.directory.is_dir():
             return []
         return [int(m.name) for m in self.directory.iterdir()
-                if m.name.isdigit() and not _alive(int(m.name))]
+                if m.name.isdigit() and not process_alive(int(m.name))]
 
     def ready_workers(self) -> int:
-        """Workers that marked themselves ready and are still alive (stale markers are removed)."""
+        """Workers that marked themselves ready and are still alive. Markers of dead workers stay:
+        in a container they tell the siblings' watchdog that a worker was lost."""
         if not self.directory.is_dir():
             return 0
-        alive = 0
-        for marker in self.directory.iterdir():
-            if marker.name.isdigit() and process_alive(int(marker.name)):
-                alive += 1
-            else:
-                marker.unlink(missing_ok=True)
-        return alive
+        return sum(1 for m in self.directory.iterdir()
+                   if m.name.isdigit() and process_alive(int(m.name)))
 
     def worker_devices(self) -> dict[str, str]:
         """Worker index -> device, from the notes of the loaded workers of this server."""
-        self.ready_workers()  # drops markers of workers that are gone
         notes = []
         if self.directory.is_dir():
             for marker in self.directory.iterdir():
+                if not (marker.name.isdigit() and process_alive(int(marker.name))):
+                    continue
                 try:
                     notes.append(marker.read_text().split(" ", 1))
                 except OSError:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -56,3 +58,18 @@ def reference_forecast(checkpoint: tuple[Path, Path], frame: pd.DataFrame, stamp
     predictor = KronosPredictor(model, tokenizer, device=TEST_DEVICE, max_context=max_context)
     return predictor.predict(frame, stamps, future, pred_len, T=1.0, top_k=1, top_p=1.0,
                              sample_count=sample_count, verbose=False)
+
+
+def score_one_outcome(server, series_id: str = "obs") -> None:
+    """A forecast with a series id and its actual candle: the live-accuracy series appear."""
+    rows = [[10.0, 10.5, 9.8, 10.2], [10.2, 10.9, 10.1, 10.7], [10.7, 11.0, 10.4, 10.6]]
+    body = {"data": rows, "timestamps": ["2024-01-01", "2024-01-02", "2024-01-03"], "pred_len": 1,
+            "series_id": series_id, "quantiles": [0.1, 0.9], "sample_count": 2}
+    assert httpx.post(server.url + "/v1/predict/single", json=body, timeout=60).status_code == 200
+    outcome = {"series_id": series_id, "timestamps": ["2024-01-04"], "data": [[10.6, 10.9, 10.2, 10.8]]}
+    for _ in range(100):  # the forecast record is written off the request path
+        scored = httpx.post(server.url + "/v1/outcomes", json=outcome, timeout=30).json()
+        if scored["forecasts"]:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the forecast was never recorded")

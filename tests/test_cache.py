@@ -106,13 +106,13 @@ def scrape(server, pattern):
 def test_a_repeated_greedy_request_is_answered_from_the_cache(servers):
     a, _, v1, _ = servers
     body = {**GREEDY, "model_version": v1, "pred_len": 4}
-    runs_before = scrape(a, "kronos_batch_size_count")
+    runs_before = scrape(a, "kronos_engine_admissions_total")
     first = post(a, body, "first")
     second = post(a, body, "second")
     assert first.headers["x-cache"] == "miss" and second.headers["x-cache"] == "hit"
     assert second.json()["predictions"] == first.json()["predictions"]
     assert second.json()["request_id"] == "second" and second.json()["model_version"] == v1
-    assert scrape(a, "kronos_batch_size_count") == runs_before + 1, "a hit must not run the model"
+    assert scrape(a, "kronos_engine_admissions_total") == runs_before + 1, "a hit must not run the model"
     assert scrape(a, 'kronos_cache_lookups_total{result="hit"') >= 1
 
 

@@ -266,7 +266,7 @@ def seconds(text: str) -> float:
 
 def test_deploy_files_never_blank_the_model_nor_allow_random_weights():
     envs = [env for *_, env in k8s_containers()] + [env for *_, env in compose_services()]
-    assert len(envs) == 6  # 2 Kubernetes Deployments, 4 compose services
+    assert len(envs) == 9  # 2 Kubernetes Deployments; compose: cpu, gpu, hybrid (2), postgres (2), rabbitmq
     for env in envs:
         for name in ("KRONOS_MODEL", "KRONOS_VARIANTS", "KRONOS_TOKENIZER"):
             assert env.get(name, "unset") != "", f"{name} blanked: the Bento's packed model is lost"

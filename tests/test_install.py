@@ -35,11 +35,12 @@ def test_pip_install_gives_the_runtime_and_the_cli_outside_the_repo(tmp_path):
 def test_make_serve_installs_runtime_dependencies_only_without_root():
     plan = subprocess.run(["make", "-n", "-B", "serve"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout
-    assert "requirements.txt" in plan and "download.pytorch.org/whl/cpu" in plan
+    assert "requirements.txt" in plan and "scripts/torch_index.py" in plan
+    assert "download.pytorch.org/whl/cpu" in (ROOT / "scripts" / "torch_index.py").read_text()
     assert "requirements-dev.txt" not in plan and "apt-get" not in plan and "kronos-model-arch" not in plan
     test_plan = subprocess.run(["make", "-n", "-B", "test"], cwd=ROOT, capture_output=True,
                                text=True, check=True).stdout
     assert "requirements-dev.txt" in test_plan and "apt-get" in test_plan
     runtime = (ROOT / "requirements.txt").read_text()
-    for test_only in ("pytest", "schemathesis", "kubernetes-validate", "matplotlib", "einops"):
+    for test_only in ("pytest", "schemathesis", "kubernetes-validate", "selenium", "einops"):
         assert test_only not in runtime

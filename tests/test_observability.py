@@ -11,6 +11,7 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from conftest import score_one_outcome
 from local_server import import_dev_model, running_server
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -167,21 +168,6 @@ def test_spans_reach_the_collector_with_the_callers_parent(server, receiver):
             while parent in by_id:
                 parent = by_id[parent].parent_span_id.hex()
             assert parent == PARENT_SPAN
-
-
-def score_one_outcome(server) -> None:
-    """A forecast with a series id and its actual candle: the live-accuracy series appear."""
-    rows = [[10.0, 10.5, 9.8, 10.2], [10.2, 10.9, 10.1, 10.7], [10.7, 11.0, 10.4, 10.6]]
-    body = {"data": rows, "timestamps": ["2024-01-01", "2024-01-02", "2024-01-03"], "pred_len": 1,
-            "series_id": "obs", "quantiles": [0.1, 0.9], "sample_count": 2}
-    assert httpx.post(server.url + "/v1/predict/single", json=body, timeout=60).status_code == 200
-    outcome = {"series_id": "obs", "timestamps": ["2024-01-04"], "data": [[10.6, 10.9, 10.2, 10.8]]}
-    for _ in range(100):  # the forecast record is written off the request path
-        scored = httpx.post(server.url + "/v1/outcomes", json=outcome, timeout=30).json()
-        if scored["forecasts"]:
-            return
-        time.sleep(0.1)
-    raise AssertionError("the forecast was never recorded")
 
 
 def test_dashboard_and_scrape_config_use_metrics_the_service_exposes(server):

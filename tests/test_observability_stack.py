@@ -12,6 +12,7 @@ import httpx
 import pytest
 import yaml
 
+from conftest import score_one_outcome
 from local_server import ROOT, free_port, import_dev_model, running_server
 
 STACK = ROOT / "deploy" / "observability"
@@ -126,6 +127,9 @@ def test_every_dashboard_panel_query_returns_data_after_traffic(prometheus):
     for payload in (body, body, sampled, sampled):  # cache hits, then model runs
         forecast(payload)
     forecast({"data": [[1.0] * 4]}, 400)
+    score_one_outcome(server, "first")  # the live-accuracy series appear ...
+    time.sleep(2.5)
+    score_one_outcome(server, "second")  # ... and grow: their rates have data
     queries = panel_queries()
     assert len(queries) >= 15
     for title, expr in queries:

@@ -20,7 +20,8 @@ def test_ready_only_when_every_live_sibling_marked_itself(tmp_path):
     finally:
         sibling.kill()
         sibling.wait()
-    assert not me.all_ready() and me.ready_workers() == 1  # a dead sibling's marker is dropped
+    assert not me.all_ready() and me.ready_workers() == 1  # a dead sibling no longer counts
+    assert me.lost_workers() == [sibling.pid]  # and it is reported lost (container watchdog)
     assert SiblingReadiness(1, tmp_path, parent=4321).all_ready()  # one worker: nothing to wait for
 
 

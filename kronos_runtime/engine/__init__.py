@@ -5,9 +5,10 @@
 - :mod:`.batch`: the persistent decode batch (prefix slots and own caches);
 - :mod:`.engine`: the step loop tying them together, and the futures callers wait on.
 """
+from .cost import series_cost
 from .engine import Engine, StepStats
 from .priority import Priority
 from .scheduler import EngineLimits
 from .sequence import Cancelled
 
-__all__ = ["Cancelled", "Engine", "EngineLimits", "Priority", "StepStats"]
+__all__ = ["series_cost", "Cancelled", "Engine", "EngineLimits", "Priority", "StepStats"]

@@ -23,6 +23,7 @@ import torch
 from ..forecast_types import ForecastRequest, build_result
 from ..series import PreparedSeries
 from .batch import DecodeBatch
+from .cost import TOKENIZER_COST
 from .executor import Executor, SlidingMode
 from .priority import Priority
 from .scheduler import EngineLimits, Scheduler
@@ -30,7 +31,6 @@ from .sequence import Cancelled, Phase, Sequence
 
 log = logging.getLogger("kronos.engine")
 
-TOKENIZER_COST = 0.1  # a tokenizer position costs about a tenth of a model position
 CHUNKED = (Phase.ENCODE, Phase.PREFILL, Phase.RECOMPUTE, Phase.DETOKENIZE)
 
 

@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Continuous (step-level) batching against request-level batching, in the same run.
+
+Starts one server per batching mode (``make serve`` defaults: the small dev checkpoint, exact
+sliding, 2 threads) on 127.0.0.1 and runs, each bounded in time:
+
+- ``interference``: 3 clients keep 400-row, 120-step, 4-path requests in flight while one client
+  sends 64-row 8-step greedy requests; the short request's p50/p95 against its idle p50;
+- ``throughput``: 32 clients of 400x120 requests: forecasts per second;
+- ``mixed``: 16 clients of mixed shapes (20-500 rows, horizons 1-120, 1-8 paths, some quantiles):
+  p50/p95 of short (horizon <= 16) and long requests, throughput.
+
+For each it reads the server's engine metrics: rows per step and the worst step time.
+Writes JSON, a markdown table and a plot:
+  python scripts/bench_engine.py --duration 60 --out build/engine
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
+
+from load_test import Shape  # noqa: E402
+from local_server import import_dev_model, running_server  # noqa: E402
+
+SHORT = Shape(64, 8)
+LONG = Shape(400, 120, 4)
+THROUGHPUT = Shape(400, 120)
+
+
+def mixed_body(rng: random.Random) -> dict:
+    """A request of the mixed soak: 20-500 rows, horizon 1-120, 1-8 paths, some quantiles."""
+    shape = Shape(rng.randint(20, 500), rng.choice([1, 4, 8, 16, 32, 64, 120]), rng.choice([1, 1, 2, 4, 8]))
+    body = shape.body(rng.randint(0, 10 ** 6))
+    if rng.random() < 0.3:
+        body["quantiles"] = [0.1, 0.5, 0.9]
+    return body
+
+
+async def clients(url: str, bodies, count: int, duration: float, drain: float) -> list[tuple[dict, float, int]]:
+    """``count`` closed-loop clients for ``duration`` s; (body, latency, status) per answer."""
+    answers: list[tuple[dict, float, int]] = []
+    stop_at = time.perf_counter() + duration
+
+    async def client(index: int, http: httpx.AsyncClient) -> None:
+        while time.perf_counter() < stop_at:
+            body = bodies(index)
+            begin = time.perf_counter()
+            try:
+                status = (await http.post(url + "/v1/predict/single", json=body)).status_code
+            except httpx.HTTPError:
+                status = 0
+            answers.append((body, time.perf_counter() - begin, status))
+
+    limits = httpx.Limits(max_connections=count + 4)
+    async with httpx.AsyncClient(timeout=duration + drain, limits=limits) as http:
+        tasks = [asyncio.create_task(client(i, http)) for i in range(count)]
+        await asyncio.wait(tasks, timeout=duration + drain)
+        for task in tasks:
+            task.cancel()
+    return answers
+
+
+def percentiles(latencies: list[float]) -> dict:
+    if not latencies:
+        return {"n": 0}
+    p50, p95 = np.percentile(latencies, [50, 95])
+    return {"n": len(latencies), "p50_s": round(float(p50), 3), "p95_s": round(float(p95), 3)}
+
+
+def engine_metrics(url: str) -> dict:
+    text = httpx.get(url + "/v1/metrics", timeout=10).text
+
+    def total(name: str) -> float:
+        return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
+    steps = total("kronos_engine_step_seconds_count")
+    return {"steps": steps, "step_seconds": total("kronos_engine_step_seconds_sum"),
+            "rows_sum": total("kronos_engine_live_rows_sum"),
+            "worst_step_s": max([float(v) for v in re.findall(
+                r"^kronos_engine_worst_step_seconds(?:{[^}]*})? ([0-9.e+-]+)$", text, re.M)] or [0])}
+
+
+def delta(before: dict, after: dict) -> dict:
+    steps = after["steps"] - before["steps"]
+    return {"steps": int(steps),
+            "rows_per_step": round((after["rows_sum"] - before["rows_sum"]) / steps, 1) if steps else 0,
+            "mean_step_ms": round(1000 * (after["step_seconds"] - before["step_seconds"]) / steps, 1)
+            if steps else 0, "worst_step_s_so_far": round(after["worst_step_s"], 3)}
+
+
+def run_mode(mode: str, home: Path, model: str, args: argparse.Namespace, out: Path) -> dict:
+    env = {"KRONOS_MODEL": model, "KRONOS_BATCHING": mode, "KRONOS_THREADS": "2",
+           "KRONOS_TIMEOUT_S": "900", "KRONOS_LOG_LEVEL": "WARNING", "KRONOS_RECORD_FORECASTS": "false",
+           "KRONOS_CACHE_MAX_ENTRIES": "0", "KRONOS_JOBS_ENABLED": "false"}
+    report: dict = {"mode": mode}
+    with running_server(home, env, out / f"server-{mode}.log", timeout=300) as server:
+        url = server.url
+        idle = asyncio.run(clients(url, lambda i: SHORT.body(i), 1, args.idle, 60))
+        report["short_idle"] = percentiles([t for _, t, s in idle if s == 200])
+        for scenario in args.scenarios:
+            before = engine_metrics(url)
+            started = time.perf_counter()
+            if scenario == "interference":
+                answers = asyncio.run(clients(
+                    url, lambda i: SHORT.body(random.randint(0, 99)) if i == 0 else LONG.body(i), 4,
+                    args.duration, args.drain))
+                short = [t for b, t, s in answers if s == 200 and b["pred_len"] == SHORT.horizon]
+                result = {"short": percentiles(short),
+                          "long": percentiles([t for b, t, s in answers
+                                               if s == 200 and b["pred_len"] == LONG.horizon])}
+                if short and report["short_idle"]["n"]:
+                    result["short_p95_over_idle_p50"] = round(
+                        result["short"]["p95_s"] / report["short_idle"]["p50_s"], 1)
+            elif scenario == "throughput":
+                answers = asyncio.run(clients(url, lambda i: THROUGHPUT.body(random.randint(0, 99)),
+                                              32, args.duration, args.drain))
+                result = {"all": percentiles([t for _, t, s in answers if s == 200])}
+            else:
+                rng = random.Random(7)
+                answers = asyncio.run(clients(url, lambda i: mixed_body(rng), 16, args.duration,
+                                              args.drain))
+                ok = [(b, t) for b, t, s in answers if s == 200]
+                result = {"all": percentiles([t for _, t in ok]),
+                          "short": percentiles([t for b, t in ok if b["pred_len"] <= 16]),
+                          "long": percentiles([t for b, t in ok if b["pred_len"] > 16])}
+            seconds = time.perf_counter() - started
+            result["errors"] = sum(1 for *_, s in answers if s != 200)
+            result["throughput_per_s"] = round(sum(1 for *_, s in answers if s == 200) / seconds, 3)
+            result["engine"] = delta(before, engine_metrics(url))
+            report[scenario] = result
+            print(json.dumps({"mode": mode, "scenario": scenario, **result}), flush=True)
+    return report
+
+
+def plot(reports: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("interference", "short", "short 64x8 beside 400x120x4"),
+            ("mixed", "short", "mixed soak: short"), ("mixed", "long", "mixed soak: long")]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.38
+    for offset, report in zip((-width / 2, width / 2), reports):
+        p95 = [report.get(s, {}).get(k, {}).get("p95_s", 0) for s, k, _ in rows]
+        left.bar(np.arange(len(rows)) + offset, p95, width, label=report["mode"])
+    left.set_xticks(range(len(rows)), [label for *_, label in rows], fontsize=8)
+    left.set_ylabel("p95 latency (s)")
+    left.set_yscale("log")
+    left.legend()
+    scenarios = [s for s in ("throughput", "mixed") if all(s in r for r in reports)]
+    for offset, report in zip((-width / 2, width / 2), reports):
+        right.bar(np.arange(len(scenarios)) + offset,
+                  [report[s]["throughput_per_s"] for s in scenarios], width, label=report["mode"])
+    right.set_xticks(range(len(scenarios)), ["32 x 400x120" if s == "throughput" else "mixed soak"
+                                             for s in scenarios])
+    right.set_ylabel("forecasts / s")
+    right.legend()
+    figure.suptitle("continuous vs request-level batching (small model, exact, 2 CPU threads)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", nargs="+", default=["interference", "throughput", "mixed"],
+                        choices=["interference", "throughput", "mixed"])
+    parser.add_argument("--modes", nargs="+", default=["continuous", "request"],
+                        choices=["continuous", "request"])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per scenario")
+    parser.add_argument("--idle", type=float, default=8.0, help="seconds of the idle short baseline")
+    parser.add_argument("--drain", type=float, default=180.0)
+    parser.add_argument("--dev-shape", default="small")
+    parser.add_argument("--out", default="build/engine")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="kronos-engine-bench-"))
+    model = import_dev_model(home, "kronos-bench", shape=args.dev_shape)
+    reports = [run_mode(mode, home, model, args, out) for mode in args.modes]
+    (out / "bench_engine.json").write_text(json.dumps(reports, indent=1))
+    if len(reports) == 2:
+        plot(reports, out / "bench_engine.png")
+    print(f"wrote {out / 'bench_engine.json'}")
+
+
+if __name__ == "__main__":
+    main()
