@@ -61,12 +61,17 @@ def reference_forecast(checkpoint: tuple[Path, Path], frame: pd.DataFrame, stamp
 
 
 def score_one_outcome(server, series_id: str = "obs") -> None:
-    """A forecast with a series id and its actual candle: the live-accuracy series appear."""
+    """A forecast with a series id and its actual candle (a close inside the forecast's
+    interval): the live-accuracy series (error, covered intervals) appear."""
     rows = [[10.0, 10.5, 9.8, 10.2], [10.2, 10.9, 10.1, 10.7], [10.7, 11.0, 10.4, 10.6]]
     body = {"data": rows, "timestamps": ["2024-01-01", "2024-01-02", "2024-01-03"], "pred_len": 1,
             "series_id": series_id, "quantiles": [0.1, 0.9], "sample_count": 2}
-    assert httpx.post(server.url + "/v1/predict/single", json=body, timeout=60).status_code == 200
-    outcome = {"series_id": series_id, "timestamps": ["2024-01-04"], "data": [[10.6, 10.9, 10.2, 10.8]]}
+    response = httpx.post(server.url + "/v1/predict/single", json=body, timeout=60)
+    assert response.status_code == 200
+    bands = response.json()["quantiles"]
+    close = (bands["0.1"][0]["close"] + bands["0.9"][0]["close"]) / 2
+    candle = [close, max(close, 10.9), min(close, 10.2), close]
+    outcome = {"series_id": series_id, "timestamps": ["2024-01-04"], "data": [candle]}
     for _ in range(100):  # the forecast record is written off the request path
         scored = httpx.post(server.url + "/v1/outcomes", json=outcome, timeout=30).json()
         if scored["forecasts"]:
