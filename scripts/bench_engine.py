@@ -104,7 +104,8 @@ def delta(before: dict, after: dict) -> dict:
 def run_mode(mode: str, home: Path, model: str, args: argparse.Namespace, out: Path) -> dict:
     env = {"KRONOS_MODEL": model, "KRONOS_BATCHING": mode, "KRONOS_THREADS": "2",
            "KRONOS_TIMEOUT_S": "900", "KRONOS_LOG_LEVEL": "WARNING", "KRONOS_RECORD_FORECASTS": "false",
-           "KRONOS_CACHE_MAX_ENTRIES": "0", "KRONOS_JOBS_ENABLED": "false"}
+           "KRONOS_CACHE_MAX_ENTRIES": "0", "KRONOS_JOBS_ENABLED": "false",
+           **dict(item.split("=", 1) for item in args.env)}
     report: dict = {"mode": mode}
     with running_server(home, env, out / f"server-{mode}.log", timeout=300) as server:
         url = server.url
@@ -185,6 +186,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=8.0, help="seconds of the idle short baseline")
     parser.add_argument("--drain", type=float, default=180.0)
     parser.add_argument("--dev-shape", default="small")
+    parser.add_argument("--env", nargs="*", default=[], help="extra KRONOS_*=value for the servers")
     parser.add_argument("--out", default="build/engine")
     args = parser.parse_args()
     out = Path(args.out)

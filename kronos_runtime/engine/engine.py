@@ -158,11 +158,17 @@ class Engine:
         return stats
 
     def _run_chunks(self, order: list[Sequence], completed: list[Sequence]) -> tuple[int, int]:
-        """Chunks of the ordered series until ``step_tokens`` are spent (at least one chunk)."""
+        """Chunks until ``step_tokens`` are spent (at least one chunk): one chunk per series in
+        ``order``, round after round, so no series takes the whole budget."""
         budget = float("inf") if self.limits.request_level else self.limits.step_tokens
         spent = failed = 0
-        for seq in order:
-            while seq.phase in CHUNKED and not seq.future.done():
+        active = list(order)
+        while active:
+            for seq in list(active):
+                recomputed = seq.phase == Phase.RECOMPUTE and seq.recompute is not None
+                if seq.phase not in CHUNKED or seq.future.done():
+                    active.remove(seq)
+                    continue
                 cost = self.chunk_cost(seq)
                 if spent and spent + cost > budget:
                     return spent, failed
@@ -171,10 +177,11 @@ class Engine:
                     self._run_chunk(seq)
                 except Exception as exc:
                     failed += self._fail(seq, exc)
-                    break
+                    active.remove(seq)
+                    continue
                 self._advance(seq, completed)
-                if seq.phase == Phase.RECOMPUTE and seq.recompute is None:
-                    break  # one recomputed step per series per step: decode rows go first
+                if recomputed and seq.recompute is None:
+                    active.remove(seq)  # one recomputed step per series per step
         return spent, failed
 
     def chunk_cost(self, seq: Sequence) -> int:

@@ -8,9 +8,10 @@ starved of decode steps). Around that, the scheduler
   background series that waited ``starvation_s`` count as interactive; background work may hold
   at most ``background_share`` of the live rows, so interactive requests always find room;
 - orders the series with chunked work (tokenizer encode, window prefill, exact-mode window
-  recomputation, tokenizer decode) by priority, then phase (finishing work first, then new
-  work, then recomputations), then age; the engine runs their chunks in that order until the
-  step's ``step_tokens`` model-token equivalents are spent. At most ``max_recomputing`` series
+  recomputation, tokenizer decode): the oldest first (so nothing is starved), then by priority,
+  phase (finishing work first, then new work, then recomputations) and size (shortest first,
+  so a short request is not stuck behind a long prefill); the engine runs their chunks in that
+  order until the step's ``step_tokens`` model-token equivalents are spent. At most ``max_recomputing`` series
   hold recomputation buffers at once.
 
 The bound on one step: one decode position per live row plus at most ``step_tokens`` chunked
@@ -62,6 +63,15 @@ class Scheduler:
         self.limits = limits
         self.waiting: list[Sequence] = []
 
+    @staticmethod
+    def remaining(seq: Sequence) -> int:
+        """Positions left in the series' current chunked phase (a rough size for ordering)."""
+        if seq.phase == Phase.PREFILL:
+            return seq.length - seq.prefilled
+        if seq.phase == Phase.ENCODE:
+            return seq.length
+        return seq.paths * seq.horizon
+
     def order(self, seq: Sequence, now: float) -> tuple:
         return (seq.effective_priority(now, self.limits.starvation_s), seq.submitted, seq.id)
 
@@ -103,8 +113,13 @@ class Scheduler:
         pending = [s for s in live if s.phase in PHASE_RANK]
         recomputing = sum(1 for s in pending if s.phase == Phase.RECOMPUTE and s.recompute is not None
                           and s.recompute.buffers is not None)
-        pending.sort(key=lambda s: (s.effective_priority(now, limits.starvation_s),
-                                    PHASE_RANK[s.phase], s.submitted, s.id))
+        if len(pending) > 1:  # the oldest goes first (never starved), then the shortest work
+            oldest = min(pending, key=lambda s: (s.effective_priority(now, limits.starvation_s),
+                                                 s.submitted, s.id))
+            rest = sorted((s for s in pending if s is not oldest),
+                          key=lambda s: (s.effective_priority(now, limits.starvation_s),
+                                         PHASE_RANK[s.phase], self.remaining(s), s.submitted, s.id))
+            pending = [oldest, *rest]
         for seq in pending:
             if seq.phase == Phase.RECOMPUTE and (seq.recompute is None or seq.recompute.buffers is None):
                 if recomputing >= limits.max_recomputing:
