@@ -40,7 +40,6 @@ from kronos_serving.health import health_app  # noqa: E402
 from kronos_serving.jobs import api as jobs_api  # noqa: E402
 from kronos_serving.jobs.worker import JobWorker  # noqa: E402
 from kronos_serving.logs import configure_json_logging, current_trace_ids  # noqa: E402
-from kronos_serving.metrics import METRICS  # noqa: E402
 from kronos_serving.queue import QueueConsumer, StoreJobRecorder  # noqa: E402
 from kronos_serving.metrics import METRICS, show_alerting_series  # noqa: E402
 from kronos_serving.metrics_dir import isolate_metrics_dir  # noqa: E402

@@ -98,3 +98,13 @@ def running_server(bentoml_home: Path, env: dict[str, str], log_path: Path,
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def readiness_after_loading(server: Server, tries: int = 100) -> httpx.Response:
+    """``/v1/readyz`` once the model load has ended (succeeded or failed)."""
+    for _ in range(tries):
+        ready = httpx.get(server.url + "/v1/readyz")
+        if ready.json()["status"] != "loading":
+            break
+        time.sleep(0.2)
+    return ready

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 import yaml
 
-from local_server import BENTOML, ROOT, import_dev_model, running_server
+from local_server import BENTOML, ROOT, import_dev_model, readiness_after_loading, running_server
 
 BODY = {"data": [[10.0, 10.5, 9.8, 10.2], [10.2, 10.9, 10.1, 10.7], [10.7, 11.0, 10.4, 10.6]],
         "pred_len": 2, "top_k": 1}
@@ -81,11 +80,7 @@ def test_bento_with_a_blanked_model_is_not_ready_instead_of_random_weights(built
     env = {"KRONOS_MODEL": ""}
     with running_server(home, env, tmp_path / "blank.log", target=bento_tag, cwd=tmp_path,
                         wait_ready=False) as srv:
-        for _ in range(100):
-            ready = httpx.get(srv.url + "/v1/readyz")
-            if ready.json()["status"] != "loading":
-                break
-            time.sleep(0.2)
+        ready = readiness_after_loading(srv)
         assert ready.status_code == 503 and ready.json()["status"] == "failed"
         assert "kronos-dev" not in bentoml(home, "models", "list")
 

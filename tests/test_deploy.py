@@ -211,7 +211,7 @@ def test_keda_manifests_validate_against_the_keda_crd_and_kubernetes():
     assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/v1/readyz"
     http_targets = {target["metadata"]["name"] for _, target, _ in triggers["prometheus"]}
     assert http_targets == {"kronos-cpu", "kronos-gpu"}
-    assert all("kronos_in_flight_requests" in t["metadata"]["query"] for t, _, _ in triggers["prometheus"])
+    assert all("kronos_queued_series" in t["metadata"]["query"] for t, _, _ in triggers["prometheus"])
 
 
 def test_queue_worker_deployments_use_known_settings():

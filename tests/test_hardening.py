@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from local_server import import_dev_model, running_server
+from local_server import import_dev_model, readiness_after_loading, running_server
 
 FUZZ_EXAMPLES = int(os.environ.get("KRONOS_FUZZ_EXAMPLES", "150"))
 CANDLES = [[10.0 + i * 0.1, 10.6 + i * 0.1, 9.7 + i * 0.1, 10.2 + i * 0.1, 1000.0 + i]
@@ -166,11 +166,7 @@ def test_a_failing_model_load_keeps_the_worker_up(home, tmp_path):
     env = {"KRONOS_MODEL": str(corrupt), "KRONOS_TOKENIZER": str(corrupt),
            "KRONOS_DEV_FALLBACK": "false"}
     with running_server(home[0], env, tmp_path / "server.log", wait_ready=False) as srv:
-        for _ in range(100):
-            ready = httpx.get(srv.url + "/v1/readyz")
-            if ready.json()["status"] != "loading":
-                break
-            time.sleep(0.2)
+        ready = readiness_after_loading(srv)
         assert ready.status_code == 503 and ready.json()["status"] == "failed"
         assert "corrupt-model" in ready.json()["error"]
         time.sleep(2)  # no crash loop: the same worker keeps answering

@@ -119,12 +119,19 @@ def test_logs_are_json_with_request_fields_and_no_raw_values(server):
         assert value not in log_text, f"raw input value {value} leaked into the logs"
 
 
+def bad_requests(server) -> float:
+    text = httpx.get(server.url + "/v1/metrics").text
+    return sum(float(v) for v in re.findall(
+        r'^kronos_requests_total\{[^}]*route="/v1/predict/single"[^}]*status="400"[^}]*\} ([0-9.e+-]+)$',
+        text, re.MULTILINE))
+
+
 def test_metrics_move_with_requests_and_errors(server):
     names = ["kronos_requests_total", "kronos_request_duration_seconds_count",
              "kronos_inference_duration_seconds_count", "kronos_batch_size_count",
              "kronos_queue_wait_seconds_count", "kronos_series_length_count", "kronos_horizon_count"]
     before = {n: scrape(server, n) for n in names}
-    errors_before = scrape(server, 'kronos_requests_total{route="/v1/predict/single",status="400"')
+    errors_before = bad_requests(server)
     for _ in range(3):
         assert httpx.post(server.url + "/v1/predict/single", json=body_with_sentinels(),
                           timeout=60).status_code == 200
@@ -137,6 +144,7 @@ def test_metrics_move_with_requests_and_errors(server):
         assert after[name] > before[name], name
     text = httpx.get(server.url + "/metrics").text
     assert re.search(r'kronos_requests_total\{[^}]*status="400"', text)
+    assert bad_requests(server) == errors_before + 1
     assert scrape(server, "kronos_model_info") == 2, "one model per worker, two workers"
     assert scrape(server, "kronos_model_load_seconds_count") == 2
 

@@ -97,7 +97,7 @@ def prometheus(tmp_path_factory):
 def query(url: str, expr: str) -> list:
     try:
         answer = httpx.get(url + "/api/v1/query", params={"query": expr}, timeout=5).json()
-    except httpx.HTTPError:
+    except (httpx.HTTPError, ValueError):  # not up yet: no answer, or not JSON yet
         return []
     assert answer["status"] == "success", (expr, answer)
     return [r for r in answer["data"]["result"] if math.isfinite(float(r["value"][1]))]

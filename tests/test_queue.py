@@ -17,7 +17,7 @@ import pytest
 
 from conftest import make_candles
 from local_rabbitmq import installed, running_rabbitmq
-from local_server import ROOT, import_dev_model, running_server
+from local_server import import_dev_model, running_server
 
 QUEUE = "kronos.test"
 MAX_RETRIES = 2

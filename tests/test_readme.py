@@ -68,8 +68,13 @@ def test_cli_and_python_runtime_examples(tmp_path):
                           timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "forecast.csv").read_text().startswith("timestamp,open,high,low,close")
-    code = blocks("python", "KronosForecaster")[0]
+    code = blocks("python", "result = forecaster.forecast")[0]
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert "open" in done.stdout and "rows x 6 columns" in done.stdout
+    engine = blocks("python", "forecaster.engine(")[0]  # driving an engine directly
+    done = subprocess.run([sys.executable, "-c", engine], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[8, 8]"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
