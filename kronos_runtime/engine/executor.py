@@ -17,6 +17,7 @@ from ..model import KronosModel, KVBuffers, SharedPrefix, causal_chunk_mask, win
 from ..sampling import filter_logits
 from ..tokenizer import KronosTokenizer
 from .batch import DecodeBatch
+from .cost import TOKENIZER_COST
 from .sequence import Recompute, Sequence
 
 SlidingMode = Literal["exact", "approximate"]
@@ -140,7 +141,7 @@ class Executor:
     def detokenize_paths(self, seq: Sequence) -> int:
         """How many paths one detokenize chunk decodes (fixed per request)."""
         tokens = min(seq.length + seq.horizon, self.max_context)
-        return max(1, self.chunk_tokens * 8 // tokens)  # the tokenizer is ~10x cheaper per token
+        return max(1, int(self.chunk_tokens / (tokens * TOKENIZER_COST)))
 
     def detokenize_chunk(self, seq: Sequence) -> None:
         """Decode the next few paths' last ``max_context`` tokens back to normalised candles."""
