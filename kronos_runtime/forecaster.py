@@ -66,7 +66,8 @@ class KronosForecaster:
 
     def engine(self, limits: EngineLimits | None = None, on_step=None) -> Engine:
         """A new engine over this model (the service starts one per model variant)."""
-        return Engine(self.model, self.tokenizer, self.max_context, self.sliding, limits, on_step)
+        return Engine(self.model, self.tokenizer, self.max_context, self.sliding, limits, on_step,
+                      self.steps_mode)
 
     def forecast(self, requests: Sequence[ForecastRequest], progress: bool = False
                  ) -> list[ForecastResult]:

@@ -83,11 +83,12 @@ class FeedForward(nn.Module):
 
 
 class RotaryTable:
-    """Cos/sin tables of rotate-half rotary embeddings, grown on demand.
+    """Cos/sin tables of rotate-half rotary embeddings.
 
-    On the CPU the tables grow as positions come. On other devices :meth:`reserve` puts them on
-    the device once, so each decode step gathers its rows there (no host round trip, and
-    nothing a CUDA graph cannot capture).
+    :meth:`span` serves whole windows from position 0. :meth:`at` gathers rows for arbitrary
+    positions from tables kept on the device by :meth:`reserve` (on every device, so the CPU
+    runs the same code as a GPU): no host round trip per step and nothing a CUDA graph cannot
+    capture. Tables only grow, by doubling, so they rarely move.
     """
 
     def __init__(self, head_dim: int) -> None:
@@ -107,11 +108,19 @@ class RotaryTable:
             self._grow(max(length, 2 * self._cos.shape[0]))
 
     def reserve(self, length: int, device: torch.device, dtype: torch.dtype) -> None:
-        """Keep tables for positions 0..length-1 on ``device`` (used by :meth:`at` there)."""
+        """Keep tables for at least positions 0..length-1 on ``device`` (used by :meth:`at`)."""
         key = (torch.device(device), dtype)
-        if key not in self._on_device or self._on_device[key][0].shape[0] < length:
-            self._ensure(length)
+        held = self._on_device[key][0].shape[0] if key in self._on_device else 0
+        if held < length:
+            self._ensure(max(length, 2 * held))
             self._on_device[key] = (self._cos.to(device, dtype), self._sin.to(device, dtype))
+
+    def reserved(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device tables (cos, sin) that :meth:`at` gathers from."""
+        tables = self._on_device.get((torch.device(device), dtype))
+        if tables is None:
+            raise RuntimeError("RotaryTable.reserve() must be called for this device first")
+        return tables
 
     def span(self, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tables for positions 0..length-1, shaped [1, 1, length, head_dim]."""
@@ -123,17 +132,10 @@ class RotaryTable:
     def at(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tables for positions [rows, n], shaped [rows, 1, n, head_dim].
 
-        Off the CPU, positions must be below the length given to :meth:`reserve`.
+        Positions must be below the length given to :meth:`reserve` for this device and dtype.
         """
-        if positions.device.type == "cpu":
-            self._ensure(int(positions.max()) + 1 if positions.numel() else 0)
-            cos, sin = self._cos[positions].to(like.dtype), self._sin[positions].to(like.dtype)
-        else:
-            tables = self._on_device.get((positions.device, like.dtype))
-            if tables is None:
-                raise RuntimeError("RotaryTable.reserve() must be called for this device first")
-            cos, sin = tables[0][positions], tables[1][positions]
-        return cos[:, None], sin[:, None]
+        cos, sin = self.reserved(positions.device, like.dtype)
+        return cos[positions][:, None], sin[positions][:, None]
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -244,6 +246,16 @@ class RowGroups:
         self.series = torch.tensor(row_series, dtype=torch.long, device=device)
         self.slot = torch.tensor(row_slot, dtype=torch.long, device=device)
         self.identity = self.slots == 1 and row_series == list(range(len(row_series)))
+
+    @classmethod
+    def fixed(cls, series: torch.Tensor, slot: torch.Tensor, n_series: int, slots: int) -> "RowGroups":
+        """A layout of fixed shape [n_series, slots] whose row placement lives in the device
+        tensors ``series`` and ``slot`` (refilled in place between CUDA graph replays); every
+        row must have its own cell."""
+        groups = cls.__new__(cls)
+        groups.series, groups.slot = series, slot
+        groups.n_series, groups.slots, groups.identity = n_series, slots, False
+        return groups
 
     def to_groups(self, x: torch.Tensor) -> torch.Tensor:
         """[rows, ...] -> [series, slots, ...] (empty slots are zero)."""

@@ -25,8 +25,9 @@ def _capacity(needed: int, current: int) -> int:
 class DecodeBatch:
     """Prefix slots per live series, own-cache rows per decoding sample path."""
 
-    def __init__(self, model: KronosModel) -> None:
+    def __init__(self, model: KronosModel, keep_buffers: bool = False) -> None:
         self.model = model
+        self.keep_buffers = keep_buffers  # keep memory when idle (captured graphs point into it)
         self.device = model.device
         self.prefixes = KVBuffers(model, 0, 0)
         self.own = KVBuffers(model, 0, 0)
@@ -69,7 +70,7 @@ class DecodeBatch:
         self.series.pop()
         seq.slot = None
         self._layout = None
-        if not self.series:  # idle: hand the memory back
+        if not self.series and not self.keep_buffers:  # idle: hand the memory back
             self.prefixes = KVBuffers(self.model, 0, 0)
 
     # -- decoding rows ------------------------------------------------------------------------
@@ -102,7 +103,7 @@ class DecodeBatch:
             self.rows.pop()
             self.own_len.pop()
         self._layout = None
-        if not self.rows:
+        if not self.rows and not self.keep_buffers:
             self.own = KVBuffers(self.model, 0, 0)
 
     def layout(self) -> tuple[RowGroups, dict[int, torch.Tensor]]:

@@ -24,7 +24,7 @@ from ..forecast_types import ForecastRequest, build_result
 from ..series import PreparedSeries
 from .batch import DecodeBatch
 from .cost import TOKENIZER_COST
-from .executor import Executor, SlidingMode
+from .executor import Executor, SlidingMode, StepMode
 from .priority import Priority
 from .scheduler import EngineLimits, Scheduler
 from .sequence import Cancelled, Phase, Sequence
@@ -55,11 +55,14 @@ class Engine:
 
     def __init__(self, model, tokenizer, max_context: int, sliding: SlidingMode = "exact",
                  limits: EngineLimits | None = None,
-                 on_step: Callable[[StepStats], None] | None = None) -> None:
+                 on_step: Callable[[StepStats], None] | None = None,
+                 steps_mode: StepMode = "eager") -> None:
         self.limits = limits or EngineLimits()
-        self.executor = Executor(model, tokenizer, max_context, sliding, self.limits.chunk_tokens)
+        self.executor = Executor(model, tokenizer, max_context, sliding, self.limits.chunk_tokens,
+                                 steps_mode)
         self.scheduler = Scheduler(self.limits)
-        self.batch = DecodeBatch(model)
+        # captured graphs point into the batch's buffers: keep them when idle
+        self.batch = DecodeBatch(model, keep_buffers=steps_mode == "graphs")
         self.device = model.device
         self.live: list[Sequence] = []
         self.on_step = on_step

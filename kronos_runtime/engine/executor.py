@@ -7,7 +7,7 @@ decoding row of every series by one position in one batched call.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -19,22 +19,28 @@ from ..tokenizer import KronosTokenizer
 from .batch import DecodeBatch
 from .cost import TOKENIZER_COST
 from .sequence import Recompute, Sequence
+from .static_step import StaticDecode
 
 SlidingMode = Literal["exact", "approximate"]
 StepMode = Literal["eager", "static", "graphs"]  # static: fixed shapes run eagerly (tests)
+ROPE_RESERVE = 1024  # rotary positions kept on the device from the start (grown on demand)
 
 
 class Executor:
     """Runs prefill/recompute/tokenizer chunks of one series, and decode steps of the batch."""
 
     def __init__(self, model: KronosModel, tokenizer: KronosTokenizer, max_context: int,
-                 sliding: SlidingMode, chunk_tokens: int) -> None:
+                 sliding: SlidingMode, chunk_tokens: int, steps_mode: StepMode = "eager") -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_context, self.sliding = max_context, sliding
         self.chunk_tokens = chunk_tokens
         self.device = model.device
         # approximate mode hides cached keys older than the window; exact mode recomputes instead
         self.window_limit = max_context if sliding == "approximate" else None
+        self.steps_mode = steps_mode
+        self.static = (None if steps_mode == "eager"
+                       else StaticDecode(model, self.window_limit, graphs=steps_mode == "graphs"))
+        model.rope.reserve(max(ROPE_RESERVE, 2 * max_context), self.device, model.dtype)
 
     # -- sampling -----------------------------------------------------------------------------
     def sample(self, logits: torch.Tensor, seq: Sequence) -> torch.Tensor:
@@ -66,6 +72,8 @@ class Executor:
     # -- per-series work ----------------------------------------------------------------------
     def encode(self, seq: Sequence) -> None:
         """Token ids of the whole input (the window is taken from its last positions)."""
+        # every position this series feeds (window, then generated steps) has its rotary row
+        self.model.rope.reserve(self.window(seq) + seq.horizon, self.device, self.model.dtype)
         values = torch.from_numpy(seq.prepared.values)[None].to(self.device)
         s1, s2 = self.tokenizer.encode(values)
         seq.history_s1, seq.history_s2 = s1[0], s2[0]
@@ -161,30 +169,19 @@ class Executor:
         """Advance every row of the batch by one generated token.
 
         Returns the series whose own sampling failed (their tokens this step are not kept)."""
-        rows = batch.n_rows
-        groups, rows_of = batch.layout()
-        device = self.device
-        own_len = torch.tensor(batch.own_len, device=device)
-        window = torch.tensor([self.window(seq) for seq, _ in batch.rows], device=device)
-        positions = (window + own_len)[:, None]
+        windows = [self.window(seq) for seq, _ in batch.rows]
         stamps = torch.stack([seq.future_stamps[batch.own_len[r]]
                               for r, (seq, _) in enumerate(batch.rows)])[:, None]
-        n_series = groups.n_series
-        prefix = batch.prefixes.prefix(slice(0, n_series))
-        own_slots = torch.arange(batch.own.capacity, device=device)
-        prefix_mask, own_mask = window_masks(window, positions, batch.prefixes.capacity, own_slots,
-                                             self.window_limit,
-                                             written=own_slots[None] <= own_len[:, None])
-        own = batch.own.cache(slice(0, rows), slots=own_len)
-        states, own_context = self.model.extend(batch.last_s1[:rows, None], batch.last_s2[:rows, None],
-                                                stamps, positions, prefix, prefix_mask, own, own_mask,
-                                                groups)
-        state = states[:, -1]
+        if self.static is not None:
+            s1_logits, s2_logits_of = self.static.forward(batch, windows, stamps)
+        else:
+            s1_logits, s2_logits_of = self._eager_forward(batch, windows, stamps)
+        _, rows_of = batch.layout()
         series = batch.decoding()
         failures: list[tuple[Sequence, Exception]] = []
-        s1 = self._sample_rows(self.model.s1_logits(state), series, rows_of, failures)
-        s2 = self._sample_rows(self.model.s2_logits(state, s1, prefix, prefix_mask, own_context,
-                                                    own_mask, groups), series, rows_of, failures)
+        s1 = self._sample_rows(s1_logits, series, rows_of, failures)
+        s2 = self._sample_rows(s2_logits_of(s1), series, rows_of, failures)
+        rows = batch.n_rows
         batch.last_s1[:rows], batch.last_s2[:rows] = s1, s2
         failed = {id(seq) for seq, _ in failures}
         for seq in series:
@@ -196,6 +193,30 @@ class Executor:
             seq.steps_done += 1
         batch.own_len = [n + 1 for n in batch.own_len]
         return failures
+
+    def _eager_forward(self, batch: DecodeBatch, windows: list[int], stamps: torch.Tensor
+                       ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """The step at the batch's own shapes: s1 logits, and the function giving s2 logits."""
+        rows = batch.n_rows
+        groups, _ = batch.layout()
+        device = self.device
+        own_len = torch.tensor(batch.own_len, device=device)
+        window = torch.tensor(windows, device=device)
+        positions = (window + own_len)[:, None]
+        prefix = batch.prefixes.prefix(slice(0, groups.n_series))
+        own_slots = torch.arange(batch.own.capacity, device=device)
+        prefix_mask, own_mask = window_masks(window, positions, batch.prefixes.capacity, own_slots,
+                                             self.window_limit,
+                                             written=own_slots[None] <= own_len[:, None])
+        own = batch.own.cache(slice(0, rows), slots=own_len)
+        states, own_context = self.model.extend(batch.last_s1[:rows, None], batch.last_s2[:rows, None],
+                                                stamps, positions, prefix, prefix_mask, own, own_mask,
+                                                groups)
+        state = states[:, -1]
+
+        def s2_logits(s1: torch.Tensor) -> torch.Tensor:
+            return self.model.s2_logits(state, s1, prefix, prefix_mask, own_context, own_mask, groups)
+        return self.model.s1_logits(state), s2_logits
 
     def _sample_rows(self, logits: torch.Tensor, series: list[Sequence],
                      rows_of: dict[int, torch.Tensor],
