@@ -16,7 +16,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$out/env.txt"
 echo "== runtime tests on cuda (ours and the reference both on the GPU)"
 KRONOS_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/test_runtime_parity.py \
-  tests/test_runtime_sampling.py tests/test_runtime_inputs.py 2>&1 | tee "$out/tests.txt" | tail -8
+  tests/test_runtime_sampling.py tests/test_runtime_inputs.py tests/test_engine.py \
+  tests/test_engine_static_steps.py 2>&1 | tee "$out/tests.txt" | tail -8
 if [ "$stage" != service ]; then
 echo "== bench_runtime on cuda"
 python3 scripts/bench_runtime.py --device cuda --shape small --lookback 400 --horizon 120 \
