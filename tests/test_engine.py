@@ -82,7 +82,8 @@ def short_request(seed=8):
 
 def test_cancelled_and_expired_series_free_their_rows_at_the_next_step(forecaster):
     engine = forecaster.engine()
-    cancelled = engine.submit(long_request(), forecaster.prepare(long_request()))
+    cancelled_request = long_request()
+    cancelled = engine.submit(cancelled_request, forecaster.prepare(cancelled_request))
     for _ in range(6):
         engine.step()
     assert engine.batch.n_rows == 2 or engine.live[0].phase.value == "recompute"
@@ -90,7 +91,9 @@ def test_cancelled_and_expired_series_free_their_rows_at_the_next_step(forecaste
     expired = engine.submit(long_request(), forecaster.prepare(long_request()),
                             deadline=time.monotonic() + 0.05)
     engine.step()
-    assert engine.batch.n_rows + engine.batch.n_series <= 2 and cancelled.cancelled()
+    # only the new series is left (admitted, encoded and prefilled in this very step)
+    assert engine.batch.n_series <= 1 and engine.batch.n_rows <= 2 and cancelled.cancelled()
+    assert all(seq.request is not cancelled_request for seq in engine.live)
     time.sleep(0.1)
     later = engine.submit(short_request(), forecaster.prepare(short_request()))
     engine.step()

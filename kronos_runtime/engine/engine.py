@@ -150,6 +150,10 @@ class Engine:
         decoded_rows = self.batch.n_rows
         if decoding:
             failed += self._decode(decoding, completed)
+            # series whose last step was just decoded are answered now if the budget allows
+            finished = [seq for seq in decoding if seq.phase == Phase.DETOKENIZE]
+            spent, failed_chunks = self._run_chunks(finished, completed, spent)
+            failed += failed_chunks
         self.steps += 1
         stats = StepStats(seconds=time.perf_counter() - started, decoded_rows=decoded_rows,
                           decoded_series=len(decoding), live_rows=sum(s.paths for s in self.live),
@@ -160,31 +164,35 @@ class Engine:
             self.on_step(stats)
         return stats
 
-    def _run_chunks(self, order: list[Sequence], completed: list[Sequence]) -> tuple[int, int]:
-        """Chunks until ``step_tokens`` are spent (at least one chunk): one chunk per series in
-        ``order``, round after round, so no series takes the whole budget."""
+    def _run_chunks(self, order: list[Sequence], completed: list[Sequence], spent: int = 0
+                    ) -> tuple[int, int]:
+        """Chunks until ``step_tokens`` are spent (at least one chunk per step).
+
+        The first series in ``order`` (the oldest: nothing starves) runs one chunk; then the
+        others in order (and the oldest last) run their chunks back to back while they fit,
+        so a short request's
+        encode, prefill (or its tokenizer decode) finishes within one step. A series finishes at
+        most one recomputed step per engine step."""
         budget = float("inf") if self.limits.request_level else self.limits.step_tokens
-        spent = failed = 0
-        active = list(order)
-        while active:
-            for seq in list(active):
-                recomputed = seq.phase == Phase.RECOMPUTE and seq.recompute is not None
-                if seq.phase not in CHUNKED or seq.future.done():
-                    active.remove(seq)
-                    continue
-                cost = self.chunk_cost(seq)
-                if spent and spent + cost > budget:
-                    return spent, failed
-                spent += cost
-                try:
-                    self._run_chunk(seq)
-                except Exception as exc:
-                    failed += self._fail(seq, exc)
-                    active.remove(seq)
-                    continue
-                self._advance(seq, completed)
-                if recomputed and seq.recompute is None:
-                    active.remove(seq)  # one recomputed step per series per step
+        failed = 0
+        for first_pass in ([True, False] if order else []):
+            for seq in (order[:1] if first_pass else order[1:] + order[:1]):
+                recomputed_once = False
+                while seq.phase in CHUNKED and not seq.future.done() and not recomputed_once:
+                    cost = self.chunk_cost(seq)
+                    if spent and spent + cost > budget:
+                        break  # a smaller chunk further on may still fit
+                    spent += cost
+                    recomputing = seq.phase == Phase.RECOMPUTE and seq.recompute is not None
+                    try:
+                        self._run_chunk(seq)
+                    except Exception as exc:
+                        failed += self._fail(seq, exc)
+                        break
+                    self._advance(seq, completed)
+                    recomputed_once = recomputing and seq.recompute is None
+                    if first_pass:
+                        break
         return spent, failed
 
     def chunk_cost(self, seq: Sequence) -> int:

@@ -47,7 +47,9 @@ class EngineLimits:
             raise ValueError("background_share must be in (0, 1]")
 
 
-PHASE_RANK = {Phase.DETOKENIZE: 0, Phase.ENCODE: 1, Phase.PREFILL: 1, Phase.RECOMPUTE: 2}
+# series admitted this step (still WAITING while planned) encode in this very step
+PHASE_RANK = {Phase.DETOKENIZE: 0, Phase.WAITING: 1, Phase.ENCODE: 1, Phase.PREFILL: 1,
+              Phase.RECOMPUTE: 2}
 
 
 @dataclass
@@ -68,7 +70,7 @@ class Scheduler:
         """Positions left in the series' current chunked phase (a rough size for ordering)."""
         if seq.phase == Phase.PREFILL:
             return seq.length - seq.prefilled
-        if seq.phase == Phase.ENCODE:
+        if seq.phase in (Phase.WAITING, Phase.ENCODE):
             return seq.length
         return seq.paths * seq.horizon
 
