@@ -46,6 +46,8 @@ class Settings:
     batching: str = "continuous"
     chunk_tokens: int = 128
     step_tokens: int = 256
+    short_cost: int = 512
+    short_step_tokens: int = 128
     max_recomputing: int = 2
     starvation_s: float = 30.0
     background_share: float = 0.75

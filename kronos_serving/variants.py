@@ -157,6 +157,7 @@ def engine_limits(settings: Settings) -> EngineLimits:
     return EngineLimits(max_live_series=settings.max_batch_series,
                         max_live_rows=settings.max_batch_rows, chunk_tokens=settings.chunk_tokens,
                         step_tokens=settings.step_tokens, max_recomputing=settings.max_recomputing,
+                        short_cost=settings.short_cost, short_step_tokens=settings.short_step_tokens,
                         starvation_s=settings.starvation_s,
                         background_share=settings.background_share,
                         request_level=settings.batching == "request")

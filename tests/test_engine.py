@@ -151,6 +151,32 @@ def test_each_step_stays_within_its_token_budget_and_decoding_never_stalls(forec
     assert decoding.result().mean.shape == (30, 6)
 
 
+def test_steps_are_shorter_while_a_short_interactive_request_is_live(forecaster):
+    """A big request's chunks fill ``step_tokens``; while a short interactive request is live
+    (estimated cost <= ``short_cost``) steps run at most ``short_step_tokens`` of chunks; a short
+    background request does not shorten them."""
+    limits = EngineLimits(chunk_tokens=8, step_tokens=32, short_cost=100, short_step_tokens=8)
+    engine = forecaster.engine(limits)
+    big = long_request(48, 40, 4)
+    engine.submit(big, forecaster.prepare(big))
+
+    def run(steps: int, short=None, priority=Priority.INTERACTIVE) -> list[int]:
+        future = engine.submit(short, forecaster.prepare(short), priority) if short else None
+        spent = [engine.step().chunk_tokens for _ in range(steps)]
+        if future is not None:
+            while not future.done():
+                spent.append(engine.step().chunk_tokens)
+        return spent
+
+    assert max(run(2)) > 8
+    short = short_request()
+    assert engine.live[0].cost > limits.short_cost
+    with_short = run(0, short)
+    assert max(with_short) <= 8 and len(with_short) >= 3
+    assert max(run(0, short_request(seed=9), Priority.BACKGROUND)) > 8
+    engine.run_until_idle()
+
+
 def test_interactive_work_is_admitted_before_background_work(tiny_checkpoint):
     forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE)
     engine = forecaster.engine(EngineLimits(max_live_series=1))

@@ -23,7 +23,7 @@ import torch
 from ..forecast_types import ForecastRequest, build_result
 from ..series import PreparedSeries
 from .batch import DecodeBatch
-from .cost import TOKENIZER_COST
+from .cost import TOKENIZER_COST, series_cost
 from .executor import Executor, SlidingMode, StepMode
 from .priority import Priority
 from .scheduler import EngineLimits, Scheduler
@@ -81,7 +81,9 @@ class Engine:
         """
         seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(63)
         future: Future = Future()
-        seq = Sequence(request, prepared, seed, Priority(priority), future, deadline)
+        seq = Sequence(request, prepared, seed, Priority(priority), future, deadline,
+                       cost=series_cost(prepared.length, prepared.horizon, request.sampling.sample_count,
+                                        self.executor.max_context, self.executor.sliding == "exact"))
         with self._lock:
             self.scheduler.waiting.append(seq)
             self._lock.notify_all()
@@ -144,7 +146,7 @@ class Engine:
         for seq in plan.admit:
             self._admit(seq)
         completed: list[Sequence] = []
-        spent, failed_chunks = self._run_chunks(plan.chunks, completed)
+        spent, failed_chunks = self._run_chunks(plan.chunks, plan.budget, completed)
         failed += failed_chunks
         decoding = self.batch.decoding()
         decoded_rows = self.batch.n_rows
@@ -152,7 +154,7 @@ class Engine:
             failed += self._decode(decoding, completed)
             # series whose last step was just decoded are answered now if the budget allows
             finished = [seq for seq in decoding if seq.phase == Phase.DETOKENIZE]
-            spent, failed_chunks = self._run_chunks(finished, completed, spent)
+            spent, failed_chunks = self._run_chunks(finished, plan.budget, completed, spent)
             failed += failed_chunks
         self.steps += 1
         stats = StepStats(seconds=time.perf_counter() - started, decoded_rows=decoded_rows,
@@ -164,18 +166,18 @@ class Engine:
             self.on_step(stats)
         return stats
 
-    def _run_chunks(self, order: list[Sequence], completed: list[Sequence], spent: int = 0
-                    ) -> tuple[int, int]:
-        """Chunks until ``step_tokens`` are spent (at least one chunk per step).
+    def _run_chunks(self, order: list[Sequence], budget: float, completed: list[Sequence],
+                    spent: int = 0) -> tuple[int, int]:
+        """Chunks until ``budget`` is spent (at least one chunk per step).
 
-        The first series in ``order`` (the oldest: nothing starves) runs one chunk; then the
-        others in order (and the oldest last) run their chunks back to back while they fit,
-        so a short request's
-        encode, prefill (or its tokenizer decode) finishes within one step. A series finishes at
-        most one recomputed step per engine step."""
-        budget = float("inf") if self.limits.request_level else self.limits.step_tokens
+        The others in order (the oldest last) run their chunks back to back while they fit, so
+        a short request's encode and prefill (or its tokenizer decode) finish within one step.
+        Every other step the first series in ``order`` (the oldest) runs one chunk before them,
+        so nothing starves, and short work never waits more than one step behind it. A series
+        finishes at most one recomputed step per engine step."""
         failed = 0
-        for first_pass in ([True, False] if order else []):
+        passes = [True, False] if self.steps % 2 == 0 else [False]
+        for first_pass in (passes if order else []):
             for seq in (order[:1] if first_pass else order[1:] + order[:1]):
                 recomputed_once = False
                 while seq.phase in CHUNKED and not seq.future.done() and not recomputed_once:

@@ -7,6 +7,9 @@ starved of decode steps). Around that, the scheduler
   slot or in flight, ``max_live_rows`` sample paths), interactive before background, oldest first;
   background series that waited ``starvation_s`` count as interactive; background work may hold
   at most ``background_share`` of the live rows, so interactive requests always find room;
+- sets the step's budget: ``step_tokens`` model-token equivalents of chunked work, or
+  ``short_step_tokens`` while a short interactive request (estimated cost at most
+  ``short_cost``) is live, so its few steps are short;
 - orders the series with chunked work (tokenizer encode, window prefill, exact-mode window
   recomputation, tokenizer decode): the oldest first (so nothing is starved), then by priority,
   phase (finishing work first, then new work, then recomputations) and size (shortest first,
@@ -35,13 +38,15 @@ class EngineLimits:
     chunk_tokens: int = 128
     step_tokens: int = 256
     max_recomputing: int = 2
+    short_cost: int = 512
+    short_step_tokens: int = 128
     starvation_s: float = 30.0
     background_share: float = 0.75
     request_level: bool = False  # the old batcher, for comparison: admit only when idle
 
     def __post_init__(self) -> None:
         if min(self.max_live_series, self.max_live_rows, self.chunk_tokens, self.step_tokens,
-               self.max_recomputing) < 1:
+               self.max_recomputing, self.short_cost, self.short_step_tokens) < 1:
             raise ValueError("engine limits must be at least 1")
         if not 0 < self.background_share <= 1:
             raise ValueError("background_share must be in (0, 1]")
@@ -56,6 +61,7 @@ PHASE_RANK = {Phase.DETOKENIZE: 0, Phase.WAITING: 1, Phase.ENCODE: 1, Phase.PREF
 class StepPlan:
     admit: list[Sequence] = field(default_factory=list)
     chunks: list[Sequence] = field(default_factory=list)  # chunked work, best first
+    budget: float = 0.0  # model-token equivalents of chunked work this step
 
 
 class Scheduler:
@@ -82,7 +88,20 @@ class Scheduler:
         plan = StepPlan()
         self._admit(plan, live, now)
         self._chunks(plan, live + plan.admit, now)
+        plan.budget = self.budget(live + plan.admit, now)
         return plan
+
+    def budget(self, live: list[Sequence], now: float) -> float:
+        """``short_step_tokens`` while a short interactive request is live (its few steps are
+        its whole latency), else ``step_tokens`` (longer steps, less decode overhead)."""
+        limits = self.limits
+        if limits.request_level:
+            return float("inf")
+        if any(seq.cost <= limits.short_cost
+               and seq.effective_priority(now, limits.starvation_s) == Priority.INTERACTIVE
+               for seq in live):
+            return min(limits.short_step_tokens, limits.step_tokens)
+        return limits.step_tokens
 
     def _admit(self, plan: StepPlan, live: list[Sequence], now: float) -> None:
         limits = self.limits

@@ -52,6 +52,7 @@ class Sequence:
     priority: Priority
     future: Future
     deadline: float | None = None      # time.monotonic() past which it fails with TimeoutError
+    cost: int = 0                      # estimated model-token positions (engine/cost.py)
     id: int = field(default_factory=lambda: next(_ids))
     submitted: float = field(default_factory=time.monotonic)
     submitted_ns: int = field(default_factory=time.time_ns)  # wall clock, for trace spans
