@@ -48,7 +48,7 @@ class Settings:
     step_tokens: int = 256
     short_cost: int = 512
     short_step_tokens: int = 128
-    max_recomputing: int = 2
+    max_recomputing: int = 8
     starvation_s: float = 30.0
     background_share: float = 0.75
     max_queue: int = 1024

@@ -177,6 +177,55 @@ def test_steps_are_shorter_while_a_short_interactive_request_is_live(forecaster)
     engine.run_until_idle()
 
 
+def progress(seq) -> tuple:
+    work = seq.recompute
+    return (seq.prefilled, seq.steps_done, seq.detokenized,
+            (work.history_done, work.generated_done) if work else None)
+
+
+def test_the_oldest_series_leads_every_other_step_and_with_more_once_it_is_old(forecaster):
+    """Short work keeps arriving (so steps have the short budget), yet the old big request's
+    chunked work moves at least every other step; once it has been in the engine
+    ``starvation_s`` its lead is ``step_tokens`` instead of one chunk."""
+    limits = EngineLimits(chunk_tokens=8, step_tokens=32, short_cost=100, short_step_tokens=8,
+                          starvation_s=60)
+    engine = forecaster.engine(limits)
+    big = long_request(48, 40, 4)
+    engine.submit(big, forecaster.prepare(big))
+    engine.step()
+    oldest = engine.live[0]
+    moved = []
+    for i in range(12):
+        short = short_request(seed=20 + i)
+        engine.submit(short, forecaster.prepare(short))
+        before = progress(oldest)
+        engine.step()
+        moved.append(progress(oldest) != before)
+    assert all(a or b for a, b in zip(moved, moved[1:])), moved
+    leads = [engine.scheduler.lead_budget([oldest], time.monotonic()) for _ in range(4)]
+    assert sorted(set(leads)) == [0, 8] and leads[0] != leads[1]
+    oldest.submitted -= limits.starvation_s
+    leads = [engine.scheduler.lead_budget([oldest], time.monotonic()) for _ in range(2)]
+    assert sorted(leads) == [0, 32]
+    engine.run_until_idle()
+
+
+def test_at_most_max_recomputing_series_hold_recomputation_buffers(tiny_checkpoint):
+    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE,
+                                                  max_context=48, sliding="exact")
+    engine = forecaster.engine(EngineLimits(chunk_tokens=8, step_tokens=16, max_recomputing=2))
+    futures = [engine.submit(r, forecaster.prepare(r))
+               for r in (long_request(44, 12, paths) for paths in (1, 2, 3, 4))]
+    most = 0
+    while engine.has_work():
+        engine.step()
+        holding = sum(1 for seq in engine.live
+                      if seq.recompute is not None and seq.recompute.buffers is not None)
+        most = max(most, holding)
+        assert holding <= 2
+    assert most == 2 and all(f.result().mean.shape == (12, 6) for f in futures)
+
+
 def test_interactive_work_is_admitted_before_background_work(tiny_checkpoint):
     forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE)
     engine = forecaster.engine(EngineLimits(max_live_series=1))

@@ -146,7 +146,8 @@ class Engine:
         for seq in plan.admit:
             self._admit(seq)
         completed: list[Sequence] = []
-        spent, failed_chunks = self._run_chunks(plan.chunks, plan.budget, completed)
+        spent, failed_chunks = self._run_chunks(plan.chunks, plan.budget, completed,
+                                                lead_budget=plan.lead_budget)
         failed += failed_chunks
         decoding = self.batch.decoding()
         decoded_rows = self.batch.n_rows
@@ -167,35 +168,39 @@ class Engine:
         return stats
 
     def _run_chunks(self, order: list[Sequence], budget: float, completed: list[Sequence],
-                    spent: int = 0) -> tuple[int, int]:
-        """Chunks until ``budget`` is spent (at least one chunk per step).
+                    spent: int = 0, lead_budget: float = 0) -> tuple[int, int]:
+        """Chunks of the series in ``order`` until ``budget`` is spent (at least one chunk).
 
-        The others in order (the oldest last) run their chunks back to back while they fit, so
-        a short request's encode and prefill (or its tokenizer decode) finish within one step.
-        Every other step the first series in ``order`` (the oldest) runs one chunk before them,
-        so nothing starves, and short work never waits more than one step behind it. A series
-        finishes at most one recomputed step per engine step."""
+        With ``lead_budget`` set, the first series (the oldest) first runs chunks up to that
+        budget; then the others in order (the oldest last) run their chunks back to back while
+        they fit. Returns the model-token equivalents spent and the series that failed."""
         failed = 0
-        passes = [True, False] if self.steps % 2 == 0 else [False]
-        for first_pass in (passes if order else []):
-            for seq in (order[:1] if first_pass else order[1:] + order[:1]):
-                recomputed_once = False
-                while seq.phase in CHUNKED and not seq.future.done() and not recomputed_once:
-                    cost = self.chunk_cost(seq)
-                    if spent and spent + cost > budget:
-                        break  # a smaller chunk further on may still fit
-                    spent += cost
-                    recomputing = seq.phase == Phase.RECOMPUTE and seq.recompute is not None
-                    try:
-                        self._run_chunk(seq)
-                    except Exception as exc:
-                        failed += self._fail(seq, exc)
-                        break
-                    self._advance(seq, completed)
-                    recomputed_once = recomputing and seq.recompute is None
-                    if first_pass:
-                        break
+        if lead_budget and order:
+            spent, failed = self._series_chunks(order[0], lead_budget, spent, completed)
+            order = order[1:] + order[:1]
+        for seq in order:
+            spent, failures = self._series_chunks(seq, budget, spent, completed)
+            failed += failures
         return spent, failed
+
+    def _series_chunks(self, seq: Sequence, budget: float, spent: int,
+                       completed: list[Sequence]) -> tuple[int, int]:
+        """``seq``'s chunks back to back while they fit in ``budget`` (one at least when nothing
+        is spent yet), and at most one recomputed step of it."""
+        while seq.phase in CHUNKED and not seq.future.done():
+            cost = self.chunk_cost(seq)
+            if spent and spent + cost > budget:
+                break
+            spent += cost
+            recomputing = seq.phase == Phase.RECOMPUTE and seq.recompute is not None
+            try:
+                self._run_chunk(seq)
+            except Exception as exc:
+                return spent, self._fail(seq, exc)
+            self._advance(seq, completed)
+            if recomputing and seq.recompute is None:
+                break
+        return spent, 0
 
     def chunk_cost(self, seq: Sequence) -> int:
         """Model-token equivalents of ``seq``'s next chunk (for the step budget)."""
@@ -205,8 +210,7 @@ class Engine:
         if seq.phase == Phase.PREFILL:
             return min(ex.window(seq) - seq.prefilled, ex.chunk_tokens)
         if seq.phase == Phase.DETOKENIZE:
-            tokens = min(seq.length + seq.horizon, ex.max_context)
-            return max(1, int(ex.detokenize_paths(seq) * tokens * TOKENIZER_COST))
+            return max(1, int(ex.detokenize_paths(seq) * ex.detokenize_window(seq) * TOKENIZER_COST))
         return ex.chunk_tokens  # a recomputation chunk: history chunk or paths x tokens per path
 
     def _admit(self, seq: Sequence) -> None:

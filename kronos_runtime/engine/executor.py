@@ -146,10 +146,13 @@ class Executor:
             self._sample_first(seq, states[:, -1], context, own_context, work.step)
             seq.recompute = None
 
+    def detokenize_window(self, seq: Sequence) -> int:
+        """Tokens the tokenizer decodes per path (the last ``max_context`` of input + forecast)."""
+        return min(seq.length + seq.horizon, self.max_context)
+
     def detokenize_paths(self, seq: Sequence) -> int:
         """How many paths one detokenize chunk decodes (fixed per request)."""
-        tokens = min(seq.length + seq.horizon, self.max_context)
-        return max(1, int(self.chunk_tokens / (tokens * TOKENIZER_COST)))
+        return max(1, int(self.chunk_tokens / (self.detokenize_window(seq) * TOKENIZER_COST)))
 
     def detokenize_chunk(self, seq: Sequence) -> None:
         """Decode the next few paths' last ``max_context`` tokens back to normalised candles."""

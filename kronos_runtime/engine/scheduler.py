@@ -10,12 +10,15 @@ starved of decode steps). Around that, the scheduler
 - sets the step's budget: ``step_tokens`` model-token equivalents of chunked work, or
   ``short_step_tokens`` while a short interactive request (estimated cost at most
   ``short_cost``) is live, so its few steps are short;
+- lets the oldest series lead every other step: it runs one chunk before the others (or, once
+  it has been in the engine ``starvation_s``, up to ``step_tokens``), so long work always
+  progresses;
 - orders the series with chunked work (tokenizer encode, window prefill, exact-mode window
-  recomputation, tokenizer decode): the oldest first (so nothing is starved), then by priority,
-  phase (finishing work first, then new work, then recomputations) and size (shortest first,
-  so a short request is not stuck behind a long prefill); the engine runs their chunks in that
-  order until the step's ``step_tokens`` model-token equivalents are spent. At most ``max_recomputing`` series
-  hold recomputation buffers at once.
+  recomputation, tokenizer decode): the oldest first (the leader), then by priority, phase
+  (finishing work first, then new work, then recomputations) and size (shortest first, so a
+  short request is not stuck behind a long prefill); after the lead, the engine runs each
+  series' chunks back to back in that order until the step's budget is spent. At most
+  ``max_recomputing`` series hold recomputation buffers at once.
 
 The bound on one step: one decode position per live row plus at most ``step_tokens`` chunked
 tokens (a single chunk is at most ``chunk_tokens`` positions, or a bounded tokenizer call).
@@ -37,7 +40,7 @@ class EngineLimits:
     max_live_rows: int = 256
     chunk_tokens: int = 128
     step_tokens: int = 256
-    max_recomputing: int = 2
+    max_recomputing: int = 8
     short_cost: int = 512
     short_step_tokens: int = 128
     starvation_s: float = 30.0
@@ -62,6 +65,7 @@ class StepPlan:
     admit: list[Sequence] = field(default_factory=list)
     chunks: list[Sequence] = field(default_factory=list)  # chunked work, best first
     budget: float = 0.0  # model-token equivalents of chunked work this step
+    lead_budget: float = 0.0  # what the oldest series runs first (0: it does not lead)
 
 
 class Scheduler:
@@ -70,6 +74,7 @@ class Scheduler:
     def __init__(self, limits: EngineLimits) -> None:
         self.limits = limits
         self.waiting: list[Sequence] = []
+        self.plans = 0
 
     @staticmethod
     def remaining(seq: Sequence) -> int:
@@ -84,12 +89,24 @@ class Scheduler:
         return (seq.effective_priority(now, self.limits.starvation_s), seq.submitted, seq.id)
 
     def plan(self, live: list[Sequence], now: float | None = None) -> StepPlan:
+        """This step's admissions, chunk order and budgets."""
         now = time.monotonic() if now is None else now
         plan = StepPlan()
         self._admit(plan, live, now)
         self._chunks(plan, live + plan.admit, now)
         plan.budget = self.budget(live + plan.admit, now)
+        plan.lead_budget = self.lead_budget(plan.chunks, now)
         return plan
+
+    def lead_budget(self, order: list[Sequence], now: float) -> float:
+        """Every other step the oldest series leads with one chunk (``chunk_tokens``), so long
+        work always progresses while short work waits at most one step behind it; once it has
+        been in the engine ``starvation_s`` it leads with ``step_tokens``."""
+        self.plans += 1
+        if not order or self.plans % 2:
+            return 0.0
+        aged = now - order[0].submitted >= self.limits.starvation_s
+        return float(self.limits.step_tokens if aged else self.limits.chunk_tokens)
 
     def budget(self, live: list[Sequence], now: float) -> float:
         """``short_step_tokens`` while a short interactive request is live (its few steps are
@@ -100,8 +117,8 @@ class Scheduler:
         if any(seq.cost <= limits.short_cost
                and seq.effective_priority(now, limits.starvation_s) == Priority.INTERACTIVE
                for seq in live):
-            return min(limits.short_step_tokens, limits.step_tokens)
-        return limits.step_tokens
+            return float(min(limits.short_step_tokens, limits.step_tokens))
+        return float(limits.step_tokens)
 
     def _admit(self, plan: StepPlan, live: list[Sequence], now: float) -> None:
         limits = self.limits
