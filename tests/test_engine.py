@@ -187,23 +187,32 @@ def test_the_oldest_series_leads_every_other_step_and_with_more_once_it_is_old(f
     """Short work keeps arriving (so steps have the short budget), yet the old big request's
     chunked work moves at least every other step; once it has been in the engine
     ``starvation_s`` its lead is ``step_tokens`` instead of one chunk."""
-    limits = EngineLimits(chunk_tokens=8, step_tokens=32, short_cost=100, short_step_tokens=8,
+    limits = EngineLimits(chunk_tokens=8, step_tokens=32, short_cost=100, short_step_tokens=16,
                           starvation_s=60)
     engine = forecaster.engine(limits)
     big = long_request(48, 40, 4)
     engine.submit(big, forecaster.prepare(big))
     engine.step()
     oldest = engine.live[0]
-    moved = []
-    for i in range(12):
-        short = short_request(seed=20 + i)
-        engine.submit(short, forecaster.prepare(short))
+    moved, submitted, answered = [], {}, {}
+    for i in range(24):
+        if i % 4 == 0:
+            short = short_request(seed=20 + i)
+            engine.submit(short, forecaster.prepare(short))
+            submitted[id(short)] = i
         before = progress(oldest)
-        engine.step()
+        stats = engine.step()
+        answered.update((id(seq.request), i) for seq in stats.completed)
         moved.append(progress(oldest) != before)
     assert all(a or b for a, b in zip(moved, moved[1:])), moved
+    # ... and short work is never stuck behind it: each short (3 steps) is answered within 8
+    step = 24
+    while len(answered) < len(submitted):
+        answered.update((id(seq.request), step) for seq in engine.step().completed)
+        step += 1
+    assert all(answered[key] - at <= 8 for key, at in submitted.items()), (submitted, answered)
     leads = [engine.scheduler.lead_budget([oldest], time.monotonic()) for _ in range(4)]
-    assert sorted(set(leads)) == [0, 8] and leads[0] != leads[1]
+    assert sorted(set(leads)) == [0, 8] and leads[0] != leads[1]  # one chunk
     oldest.submitted -= limits.starvation_s
     leads = [engine.scheduler.lead_budget([oldest], time.monotonic()) for _ in range(2)]
     assert sorted(leads) == [0, 32]

@@ -177,8 +177,7 @@ class Engine:
         failed = 0
         if lead_budget and order:
             spent, failed = self._series_chunks(order[0], lead_budget, spent, completed)
-            order = order[1:] + order[:1]
-        for seq in order:
+        for seq in order[1:] + order[:1]:
             spent, failures = self._series_chunks(seq, budget, spent, completed)
             failed += failures
         return spent, failed
