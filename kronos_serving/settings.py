@@ -45,9 +45,9 @@ class Settings:
     max_batch_rows: int = 256
     batching: str = "continuous"
     chunk_tokens: int = 128
-    step_tokens: int = 256
+    step_tokens: int = 384
     short_cost: int = 512
-    short_step_tokens: int = 128
+    short_step_tokens: int = 192
     max_recomputing: int = 8
     starvation_s: float = 30.0
     background_share: float = 0.75

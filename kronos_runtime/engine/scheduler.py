@@ -39,10 +39,10 @@ class EngineLimits:
     max_live_series: int = 64
     max_live_rows: int = 256
     chunk_tokens: int = 128
-    step_tokens: int = 256
+    step_tokens: int = 384
     max_recomputing: int = 8
     short_cost: int = 512
-    short_step_tokens: int = 128
+    short_step_tokens: int = 192
     starvation_s: float = 30.0
     background_share: float = 0.75
     request_level: bool = False  # the old batcher, for comparison: admit only when idle
