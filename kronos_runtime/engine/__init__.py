@@ -2,6 +2,8 @@
 
 - :mod:`.scheduler`: who runs this step (admission, priorities, the per-step chunk budget);
 - :mod:`.executor`: the model math (per-series chunks, one batched decode step);
+- :mod:`.decode_pass`: one decode position for the batch's rows (shared by both step kinds);
+- :mod:`.static_step`: the fixed-shape decode step, replayed from CUDA graphs on a GPU;
 - :mod:`.batch`: the persistent decode batch (prefix slots and own caches);
 - :mod:`.engine`: the step loop tying them together, and the futures callers wait on.
 """

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from ..layers import RowGroups
-from ..model import KronosModel, KVBuffers, SharedPrefix, causal_chunk_mask, window_masks
+from ..model import KronosModel, KVBuffers, SharedPrefix, causal_chunk_mask
 from ..sampling import filter_logits
 from ..tokenizer import KronosTokenizer
 from .batch import DecodeBatch
 from .cost import TOKENIZER_COST
+from .decode_pass import decode_pass
 from .sequence import Recompute, Sequence
 from .static_step import StaticDecode
 
@@ -37,7 +38,6 @@ class Executor:
         self.device = model.device
         # approximate mode hides cached keys older than the window; exact mode recomputes instead
         self.window_limit = max_context if sliding == "approximate" else None
-        self.steps_mode = steps_mode
         self.static = (None if steps_mode == "eager"
                        else StaticDecode(model, self.window_limit, graphs=steps_mode == "graphs"))
         model.rope.reserve(max(ROPE_RESERVE, 2 * max_context), self.device, model.dtype)
@@ -202,24 +202,12 @@ class Executor:
         """The step at the batch's own shapes: s1 logits, and the function giving s2 logits."""
         rows = batch.n_rows
         groups, _ = batch.layout()
-        device = self.device
-        own_len = torch.tensor(batch.own_len, device=device)
-        window = torch.tensor(windows, device=device)
-        positions = (window + own_len)[:, None]
-        prefix = batch.prefixes.prefix(slice(0, groups.n_series))
-        own_slots = torch.arange(batch.own.capacity, device=device)
-        prefix_mask, own_mask = window_masks(window, positions, batch.prefixes.capacity, own_slots,
-                                             self.window_limit,
-                                             written=own_slots[None] <= own_len[:, None])
-        own = batch.own.cache(slice(0, rows), slots=own_len)
-        states, own_context = self.model.extend(batch.last_s1[:rows, None], batch.last_s2[:rows, None],
-                                                stamps, positions, prefix, prefix_mask, own, own_mask,
-                                                groups)
-        state = states[:, -1]
-
-        def s2_logits(s1: torch.Tensor) -> torch.Tensor:
-            return self.model.s2_logits(state, s1, prefix, prefix_mask, own_context, own_mask, groups)
-        return self.model.s1_logits(state), s2_logits
+        step = decode_pass(self.model, batch.prefixes, batch.own, groups.n_series,
+                           batch.last_s1[:rows], batch.last_s2[:rows], stamps,
+                           torch.tensor(windows, device=self.device),
+                           torch.tensor(batch.own_len, device=self.device), self.window_limit,
+                           groups)
+        return step.s1_logits(), step.s2_logits
 
     def _sample_rows(self, logits: torch.Tensor, series: list[Sequence],
                      rows_of: dict[int, torch.Tensor],

@@ -23,8 +23,9 @@ from typing import Callable
 import torch
 
 from ..layers import RowGroups
-from ..model import KronosModel, window_masks
+from ..model import KronosModel
 from .batch import DecodeBatch
+from .decode_pass import decode_pass
 
 log = logging.getLogger("kronos.engine")
 
@@ -86,7 +87,6 @@ class _Bucket:
         self.sampled_s1 = torch.zeros_like(self.s1)
         self.stamps = torch.zeros(rows, 1, stamp_like.shape[-1], dtype=stamp_like.dtype, device=device)
         self.groups = RowGroups.fixed(self.ints[2], self.ints[3], shape.series, shape.paths)
-        self.own_slots = torch.arange(batch.own.capacity, device=device)
         self.uses = 0
         self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
 
@@ -106,22 +106,13 @@ class _Bucket:
     # -- the two step functions (captured as graphs on CUDA) ----------------------------------
     def _first(self) -> torch.Tensor:
         """Feed every row's last tokens; their s1 logits (keeps what the s2 part needs)."""
-        window, written = self.ints[0], self.ints[1]
-        positions = (window + written)[:, None]
-        self.prefix = self.prefixes.prefix(slice(0, self.shape.series))
-        self.prefix_mask, self.own_mask = window_masks(
-            window, positions, self.prefixes.capacity, self.own_slots, self.window_limit,
-            written=self.own_slots[None] <= written[:, None])
-        own = self.own.cache(slice(0, self.shape.rows), slots=written)
-        states, self.own_context = self.model.extend(
-            self.s1[:, None], self.s2[:, None], self.stamps, positions, self.prefix,
-            self.prefix_mask, own, self.own_mask, self.groups)
-        self.state = states[:, -1]
-        return self.model.s1_logits(self.state)
+        self.step = decode_pass(self.model, self.prefixes, self.own, self.shape.series, self.s1,
+                                self.s2, self.stamps, self.ints[0], self.ints[1],
+                                self.window_limit, self.groups)
+        return self.step.s1_logits()
 
     def _second(self) -> torch.Tensor:
-        return self.model.s2_logits(self.state, self.sampled_s1, self.prefix, self.prefix_mask,
-                                    self.own_context, self.own_mask, self.groups)
+        return self.step.s2_logits(self.sampled_s1)
 
     # -- one step ------------------------------------------------------------------------------
     def s1_logits(self, capture: bool) -> torch.Tensor:
