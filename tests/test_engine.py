@@ -12,6 +12,7 @@ import pytest
 from conftest import TEST_DEVICE, make_candles
 from kronos_runtime import ForecastRequest, KronosForecaster, SamplingParams
 from kronos_runtime.engine import Cancelled, EngineLimits, Priority
+from kronos_runtime.engine.cost import series_cost
 from kronos_serving.engine_client import EngineClient, QueueFull
 
 GREEDY = SamplingParams(top_k=1)
@@ -183,7 +184,7 @@ def progress(seq) -> tuple:
             (work.history_done, work.generated_done) if work else None)
 
 
-def test_the_oldest_series_leads_every_other_step_and_with_more_once_it_is_old(forecaster):
+def test_big_work_leads_every_other_step_and_with_more_once_it_is_old(forecaster):
     """Short work keeps arriving (so steps have the short budget), yet the old big request's
     chunked work moves at least every other step; once it has been in the engine
     ``starvation_s`` its lead is ``step_tokens`` instead of one chunk."""
@@ -211,11 +212,41 @@ def test_the_oldest_series_leads_every_other_step_and_with_more_once_it_is_old(f
         answered.update((id(seq.request), step) for seq in engine.step().completed)
         step += 1
     assert all(answered[key] - at <= 8 for key, at in submitted.items()), (submitted, answered)
-    leads = [engine.scheduler.lead_budget([oldest], time.monotonic()) for _ in range(4)]
+    leads = [engine.scheduler.lead_budget(oldest, time.monotonic()) for _ in range(4)]
     assert sorted(set(leads)) == [0, 8] and leads[0] != leads[1]  # one chunk
     oldest.submitted -= limits.starvation_s
-    leads = [engine.scheduler.lead_budget([oldest], time.monotonic()) for _ in range(2)]
+    leads = [engine.scheduler.lead_budget(oldest, time.monotonic()) for _ in range(2)]
     assert sorted(leads) == [0, 32]
+    engine.run_until_idle()
+
+
+def test_a_medium_request_is_not_starved_by_a_stream_of_smaller_ones(forecaster):
+    """Beside an old big request (which leads every other step), requests a little smaller than
+    a medium one keep arriving, more than the steps can prefill. Shortest-first would prefill each
+    newcomer ahead of the medium one forever; ordered by time waited for their size, the medium
+    one is prefilled and answered within a bounded number of steps."""
+    limits = EngineLimits(chunk_tokens=8, step_tokens=16, short_cost=40, short_step_tokens=16)
+    engine = forecaster.engine(limits)
+    big = long_request(48, 40, 4)
+    engine.submit(big, forecaster.prepare(big))
+    engine.step()
+    medium_request = long_request(47, 1, 1)  # a window of 6 chunks
+    medium = engine.submit(medium_request, forecaster.prepare(medium_request))
+    newcomers = []
+    for i in range(40):
+        frame, stamps = make_candles(44, seed=400 + i)
+        newer = ForecastRequest(frame, 1, timestamps=stamps, sampling=GREEDY)
+        newcomers.append(engine.submit(newer, forecaster.prepare(newer)))
+        engine.step()
+        time.sleep(0.002)  # steps of a real model take time; waiting is measured in seconds
+        if medium.done():
+            break
+    exact = forecaster.sliding == "exact"
+    # both outside the short lane, the newcomers smaller
+    assert limits.short_cost < series_cost(44, 1, 1, 48, exact) < series_cost(47, 1, 1, 48, exact)
+    assert medium.done(), f"medium request still waiting after {i + 1} steps"
+    assert i < 30 and medium.result().mean.shape == (1, 6)
+    assert sum(not f.done() for f in newcomers) > 5  # the stream did outrun the steps
     engine.run_until_idle()
 
 

@@ -147,7 +147,7 @@ class Engine:
             self._admit(seq)
         completed: list[Sequence] = []
         spent, failed_chunks = self._run_chunks(plan.chunks, plan.budget, completed,
-                                                lead_budget=plan.lead_budget)
+                                                plan.leader, plan.lead_budget)
         failed += failed_chunks
         decoding = self.batch.decoding()
         decoded_rows = self.batch.n_rows
@@ -155,7 +155,7 @@ class Engine:
             failed += self._decode(decoding, completed)
             # series whose last step was just decoded are answered now if the budget allows
             finished = [seq for seq in decoding if seq.phase == Phase.DETOKENIZE]
-            spent, failed_chunks = self._run_chunks(finished, plan.budget, completed, spent)
+            spent, failed_chunks = self._run_chunks(finished, plan.budget, completed, spent=spent)
             failed += failed_chunks
         self.steps += 1
         stats = StepStats(seconds=time.perf_counter() - started, decoded_rows=decoded_rows,
@@ -168,16 +168,17 @@ class Engine:
         return stats
 
     def _run_chunks(self, order: list[Sequence], budget: float, completed: list[Sequence],
-                    spent: int = 0, lead_budget: float = 0) -> tuple[int, int]:
+                    leader: Sequence | None = None, lead_budget: float = 0,
+                    spent: int = 0) -> tuple[int, int]:
         """Chunks of the series in ``order`` until ``budget`` is spent (at least one chunk).
 
-        With ``lead_budget`` set, the first series (the oldest) first runs chunks up to that
-        budget; then the others in order (the oldest last) run their chunks back to back while
-        they fit. Returns the model-token equivalents spent and the series that failed."""
+        With ``lead_budget`` set, ``leader`` first runs chunks up to that budget; then the
+        series in order run their chunks back to back while they fit. Returns the model-token
+        equivalents spent and the number of series that failed."""
         failed = 0
-        if lead_budget and order:
-            spent, failed = self._series_chunks(order[0], lead_budget, spent, completed)
-        for seq in order[1:] + order[:1]:
+        if leader is not None and lead_budget:
+            spent, failed = self._series_chunks(leader, lead_budget, spent, completed)
+        for seq in order:
             spent, failures = self._series_chunks(seq, budget, spent, completed)
             failed += failures
         return spent, failed

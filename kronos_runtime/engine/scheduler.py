@@ -10,15 +10,18 @@ starved of decode steps). Around that, the scheduler
 - sets the step's budget: ``step_tokens`` model-token equivalents of chunked work, or
   ``short_step_tokens`` while a short interactive request (estimated cost at most
   ``short_cost``) is live, so its few steps are short;
-- lets the oldest series lead every other step: it runs one chunk before the others (or, once
-  it has been in the engine ``starvation_s``, up to ``step_tokens``), so long work always
-  progresses;
 - orders the series with chunked work (tokenizer encode, window prefill, exact-mode window
-  recomputation, tokenizer decode): the oldest first (the leader), then by priority, phase
-  (finishing work first, then new work, then recomputations) and size (shortest first, so a
-  short request is not stuck behind a long prefill); after the lead, the engine runs each
-  series' chunks back to back in that order until the step's budget is spent. At most
-  ``max_recomputing`` series hold recomputation buffers at once.
+  recomputation, tokenizer decode): by priority, then finishing work (tokenizer decode) and
+  short requests (cost at most ``short_cost``) first, then the rest by **response ratio**, time
+  in the engine over estimated cost, highest first. Small work overtakes big work only while
+  it has waited less, relative to its size: a medium request is not starved by a stream of
+  smaller ones, nor by old big ones, and a big one goes first once it has waited long for its
+  size (highest response ratio next). The engine runs each series' chunks back to back in that
+  order until the step's budget is spent; at most ``max_recomputing`` series hold recomputation
+  buffers at once;
+- lets the oldest series outside the short lane lead every other step: it runs one chunk
+  before everyone (or, once it has been in the engine ``starvation_s``, up to ``step_tokens``),
+  so the biggest work, which the response ratio puts last, always progresses.
 
 The bound on one step: one decode position per live row plus at most ``step_tokens`` chunked
 tokens (a single chunk is at most ``chunk_tokens`` positions, or a bounded tokenizer call).
@@ -56,8 +59,7 @@ class EngineLimits:
 
 
 # series admitted this step (still WAITING while planned) encode in this very step
-PHASE_RANK = {Phase.DETOKENIZE: 0, Phase.WAITING: 1, Phase.ENCODE: 1, Phase.PREFILL: 1,
-              Phase.RECOMPUTE: 2}
+CHUNK_PHASES = (Phase.WAITING, Phase.ENCODE, Phase.PREFILL, Phase.RECOMPUTE, Phase.DETOKENIZE)
 
 
 @dataclass
@@ -65,7 +67,8 @@ class StepPlan:
     admit: list[Sequence] = field(default_factory=list)
     chunks: list[Sequence] = field(default_factory=list)  # chunked work, best first
     budget: float = 0.0  # model-token equivalents of chunked work this step
-    lead_budget: float = 0.0  # what the oldest series runs first (0: it does not lead)
+    leader: Sequence | None = None  # runs up to lead_budget before everyone else
+    lead_budget: float = 0.0
 
 
 class Scheduler:
@@ -75,15 +78,6 @@ class Scheduler:
         self.limits = limits
         self.waiting: list[Sequence] = []
         self.plans = 0
-
-    @staticmethod
-    def remaining(seq: Sequence) -> int:
-        """Positions left in the series' current chunked phase (a rough size for ordering)."""
-        if seq.phase == Phase.PREFILL:
-            return seq.length - seq.prefilled
-        if seq.phase in (Phase.WAITING, Phase.ENCODE):
-            return seq.length
-        return seq.paths * seq.horizon
 
     def order(self, seq: Sequence, now: float) -> tuple:
         return (seq.effective_priority(now, self.limits.starvation_s), seq.submitted, seq.id)
@@ -95,18 +89,29 @@ class Scheduler:
         self._admit(plan, live, now)
         self._chunks(plan, live + plan.admit, now)
         plan.budget = self.budget(live + plan.admit, now)
-        plan.lead_budget = self.lead_budget(plan.chunks, now)
+        big = [seq for seq in plan.chunks if not self.small_lane(seq)]
+        plan.leader = min(big, key=lambda seq: (seq.submitted, seq.id)) if big else None
+        plan.lead_budget = self.lead_budget(plan.leader, now)
         return plan
 
-    def lead_budget(self, order: list[Sequence], now: float) -> float:
-        """Every other step the oldest series leads with one chunk (``chunk_tokens``), so long
-        work always progresses while short work waits at most one step behind it; once it has
-        been in the engine ``starvation_s`` it leads with ``step_tokens``."""
+    def lead_budget(self, leader: Sequence | None, now: float) -> float:
+        """Every other step the leader runs one chunk (``chunk_tokens``) first, so big work
+        always progresses while short work waits at most one step behind it; once it has been
+        in the engine ``starvation_s`` it leads with ``step_tokens``."""
         self.plans += 1
-        if not order or self.plans % 2:
+        if leader is None or self.plans % 2:
             return 0.0
-        aged = now - order[0].submitted >= self.limits.starvation_s
+        aged = now - leader.submitted >= self.limits.starvation_s
         return float(self.limits.step_tokens if aged else self.limits.chunk_tokens)
+
+    @staticmethod
+    def response_ratio(seq: Sequence, now: float) -> float:
+        """Seconds in the engine per estimated position: how long it waited for its size."""
+        return (now - seq.submitted) / max(1, seq.cost)
+
+    def small_lane(self, seq: Sequence) -> bool:
+        """Finishing work (tokenizer decode) and short requests go before big work."""
+        return seq.phase == Phase.DETOKENIZE or seq.cost <= self.limits.short_cost
 
     def budget(self, live: list[Sequence], now: float) -> float:
         """``short_step_tokens`` while a short interactive request is live (its few steps are
@@ -148,16 +153,11 @@ class Scheduler:
     def _chunks(self, plan: StepPlan, live: list[Sequence], now: float) -> None:
         """Series with chunked work, in the order they get the step's token budget."""
         limits = self.limits
-        pending = [s for s in live if s.phase in PHASE_RANK]
+        pending = sorted((s for s in live if s.phase in CHUNK_PHASES),
+                         key=lambda s: (s.effective_priority(now, limits.starvation_s),
+                                        not self.small_lane(s), -self.response_ratio(s, now), s.id))
         recomputing = sum(1 for s in pending if s.phase == Phase.RECOMPUTE and s.recompute is not None
                           and s.recompute.buffers is not None)
-        if len(pending) > 1:  # the oldest goes first (never starved), then the shortest work
-            oldest = min(pending, key=lambda s: (s.effective_priority(now, limits.starvation_s),
-                                                 s.submitted, s.id))
-            rest = sorted((s for s in pending if s is not oldest),
-                          key=lambda s: (s.effective_priority(now, limits.starvation_s),
-                                         PHASE_RANK[s.phase], self.remaining(s), s.submitted, s.id))
-            pending = [oldest, *rest]
         for seq in pending:
             if seq.phase == Phase.RECOMPUTE and (seq.recompute is None or seq.recompute.buffers is None):
                 if recomputing >= limits.max_recomputing:
