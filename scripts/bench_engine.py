@@ -39,6 +39,7 @@ from local_server import import_dev_model, running_server  # noqa: E402
 SHORT = Shape(64, 8)
 LONG = Shape(400, 120, 4)
 THROUGHPUT = Shape(400, 120)
+UNANSWERED = -1  # the status of a request still in flight when a scenario ends
 
 
 def mixed_body(rng: random.Random) -> dict:
@@ -53,8 +54,8 @@ def mixed_body(rng: random.Random) -> dict:
 async def clients(url: str, bodies, count: int, duration: float, drain: float) -> list[tuple[dict, float, int]]:
     """``count`` closed-loop clients for ``duration`` s; (body, latency, status) per answer.
 
-    A request still unanswered ``drain`` s after the end counts as one answer of status -1,
-    with its time so far as latency (a lower bound)."""
+    A request still unanswered ``drain`` s after the end counts as one answer of status
+    ``UNANSWERED``, with its time so far as latency (a lower bound)."""
     answers: list[tuple[dict, float, int]] = []
     in_flight: dict[int, tuple[dict, float]] = {}
     stop_at = time.perf_counter() + duration
@@ -78,7 +79,13 @@ async def clients(url: str, bodies, count: int, duration: float, drain: float) -
         for task in tasks:
             task.cancel()
     ended = time.perf_counter()
-    return answers + [(body, ended - begin, -1) for body, begin in in_flight.values()]
+    return answers + [(body, ended - begin, UNANSWERED) for body, begin in in_flight.values()]
+
+
+def latencies(answers: list[tuple[dict, float, int]], keep=lambda body: True) -> list[float]:
+    """Latencies of the answered requests whose body ``keep`` accepts, and of the unanswered
+    ones (their time so far: a lower bound)."""
+    return [t for body, t, status in answers if status in (200, UNANSWERED) and keep(body)]
 
 
 def percentiles(latencies: list[float]) -> dict:
@@ -125,29 +132,26 @@ def run_mode(mode: str, home: Path, model: str, args: argparse.Namespace, out: P
                 answers = asyncio.run(clients(
                     url, lambda i: SHORT.body(random.randint(0, 99)) if i == 0 else LONG.body(i), 4,
                     args.duration, args.drain))
-                short = [t for b, t, s in answers if s == 200 and b["pred_len"] == SHORT.horizon]
+                short = latencies(answers, lambda b: b["pred_len"] == SHORT.horizon)
                 result = {"short": percentiles(short),
-                          "long": percentiles([t for b, t, s in answers
-                                               if s == 200 and b["pred_len"] == LONG.horizon])}
+                          "long": percentiles(latencies(answers, lambda b: b["pred_len"] == LONG.horizon))}
                 if short and report["short_idle"]["n"]:
                     result["short_p95_over_idle_p50"] = round(
                         result["short"]["p95_s"] / report["short_idle"]["p50_s"], 1)
             elif scenario == "throughput":
                 answers = asyncio.run(clients(url, lambda i: THROUGHPUT.body(random.randint(0, 99)),
                                               32, args.duration, args.drain))
-                result = {"all": percentiles([t for _, t, s in answers if s == 200])}
+                result = {"all": percentiles(latencies(answers))}
             else:
                 rng = random.Random(7)
                 answers = asyncio.run(clients(url, lambda i: mixed_body(rng), 16, args.duration,
                                               args.drain))
-                # unanswered at the end: their time so far (a lower bound) counts
-                ok = [(b, t) for b, t, s in answers if s in (200, -1)]
-                result = {"all": percentiles([t for _, t in ok]),
-                          "short": percentiles([t for b, t in ok if b["pred_len"] <= 16]),
-                          "long": percentiles([t for b, t in ok if b["pred_len"] > 16])}
+                result = {"all": percentiles(latencies(answers)),
+                          "short": percentiles(latencies(answers, lambda b: b["pred_len"] <= 16)),
+                          "long": percentiles(latencies(answers, lambda b: b["pred_len"] > 16))}
             seconds = time.perf_counter() - started
-            result["errors"] = sum(1 for *_, s in answers if s not in (200, -1))
-            result["unfinished"] = sum(1 for *_, s in answers if s == -1)
+            result["errors"] = sum(1 for *_, s in answers if s not in (200, UNANSWERED))
+            result["unfinished"] = sum(1 for *_, s in answers if s == UNANSWERED)
             result["throughput_per_s"] = round(sum(1 for *_, s in answers if s == 200) / seconds, 3)
             result["engine"] = delta(before, engine_metrics(url))
             report[scenario] = result

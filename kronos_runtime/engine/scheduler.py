@@ -109,9 +109,13 @@ class Scheduler:
         """Seconds in the engine per estimated position: how long it waited for its size."""
         return (now - seq.submitted) / max(1, seq.cost)
 
+    def short(self, seq: Sequence) -> bool:
+        """A short request: estimated cost at most ``short_cost``."""
+        return seq.cost <= self.limits.short_cost
+
     def small_lane(self, seq: Sequence) -> bool:
         """Finishing work (tokenizer decode) and short requests go before big work."""
-        return seq.phase == Phase.DETOKENIZE or seq.cost <= self.limits.short_cost
+        return seq.phase == Phase.DETOKENIZE or self.short(seq)
 
     def budget(self, live: list[Sequence], now: float) -> float:
         """``short_step_tokens`` while a short interactive request is live (its few steps are
@@ -119,7 +123,7 @@ class Scheduler:
         limits = self.limits
         if limits.request_level:
             return float("inf")
-        if any(seq.cost <= limits.short_cost
+        if any(self.short(seq)
                and seq.effective_priority(now, limits.starvation_s) == Priority.INTERACTIVE
                for seq in live):
             return float(min(limits.short_step_tokens, limits.step_tokens))
