@@ -2,12 +2,17 @@
 """Continuous (step-level) batching against request-level batching, in the same run.
 
 Starts one server per batching mode (``make serve`` defaults: the small dev checkpoint, exact
-sliding, 2 threads) on 127.0.0.1 and runs, each bounded in time:
+sliding, 2 threads) on 127.0.0.1 and runs, each bounded in time. Modes: ``continuous`` (the
+engine), ``request`` (the same engine admitting only when idle: request-level admission with
+today's runtime) and ``before`` (the service as it was when issue #12 was filed, commit
+``BEFORE_COMMIT``, extracted with ``git archive``: the request-level batcher the issue measured).
+Scenarios:
 
 - ``interference``: 3 clients keep 400-row, 120-step, 4-path requests in flight while one client
   sends 64-row 8-step greedy requests; the short request's p50/p95 against its idle p50;
 - ``throughput``: 32 clients of 400x120 requests: forecasts per second;
-- ``mixed``: 16 clients of mixed shapes (20-500 rows, horizons 1-120, 1-8 paths, some quantiles):
+- ``mixed``: 16 clients of mixed shapes (20-500 rows, horizons 1-120, 1-8 paths, some quantiles;
+  ``--mix`` picks how they are drawn):
   p50/p95 of short (horizon <= 16) and long requests, throughput.
 
 For each it reads the server's engine metrics: rows per step and the worst step time.
@@ -21,6 +26,7 @@ import asyncio
 import json
 import random
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,11 +46,23 @@ SHORT = Shape(64, 8)
 LONG = Shape(400, 120, 4)
 THROUGHPUT = Shape(400, 120)
 UNANSWERED = -1  # the status of a request still in flight when a scenario ends
+BEFORE_COMMIT = "1bbed4c"  # the last commit before the engine: today's batcher in issue #12
+LABELS = {"continuous": "continuous", "request": "request-level admission (same engine)",
+          "before": f"before the engine ({BEFORE_COMMIT})"}
 
 
-def mixed_body(rng: random.Random) -> dict:
-    """A request of the mixed soak: 20-500 rows, horizon 1-120, 1-8 paths, some quantiles."""
-    shape = Shape(rng.randint(20, 500), rng.choice([1, 4, 8, 16, 32, 64, 120]), rng.choice([1, 1, 2, 4, 8]))
+def mixed_shape(rng: random.Random, mix: str) -> Shape:
+    """20-500 rows, horizon 1-120, 1-8 paths. ``uniform``: every value equally likely (issue
+    #12's description read literally); ``skewed``: horizons 1, 4, 8, 16, 32, 64 or 120 and
+    paths 1, 1, 2, 4 or 8 (mostly short work)."""
+    if mix == "uniform":
+        return Shape(rng.randint(20, 500), rng.randint(1, 120), rng.randint(1, 8))
+    return Shape(rng.randint(20, 500), rng.choice([1, 4, 8, 16, 32, 64, 120]), rng.choice([1, 1, 2, 4, 8]))
+
+
+def mixed_body(rng: random.Random, mix: str) -> dict:
+    """A request of the mixed soak (``mixed_shape``), 30% of them with quantiles."""
+    shape = mixed_shape(rng, mix)
     body = shape.body(rng.randint(0, 10 ** 6))
     if rng.random() < 0.3:
         body["quantiles"] = [0.1, 0.5, 0.9]
@@ -115,18 +133,30 @@ def delta(before: dict, after: dict) -> dict:
             if steps else 0, "worst_step_s_so_far": round(after["worst_step_s"], 3)}
 
 
+def source_before(out: Path) -> Path:
+    """The service's source tree as of ``BEFORE_COMMIT`` (needs the repository's history)."""
+    tree = out / f"before-{BEFORE_COMMIT}"
+    if not (tree / "service.py").is_file():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", BEFORE_COMMIT], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
 def run_mode(mode: str, home: Path, model: str, args: argparse.Namespace, out: Path) -> dict:
     env = {"KRONOS_MODEL": model, "KRONOS_BATCHING": mode, "KRONOS_THREADS": "2",
            "KRONOS_TIMEOUT_S": "900", "KRONOS_LOG_LEVEL": "WARNING", "KRONOS_RECORD_FORECASTS": "false",
            "KRONOS_CACHE_MAX_ENTRIES": "0", "KRONOS_JOBS_ENABLED": "false",
            **dict(item.split("=", 1) for item in args.env)}
     report: dict = {"mode": mode}
-    with running_server(home, env, out / f"server-{mode}.log", timeout=300) as server:
+    source = source_before(out) if mode == "before" else ROOT
+    with running_server(home, env, out / f"server-{mode}.log", timeout=300, cwd=source) as server:
         url = server.url
         idle = asyncio.run(clients(url, lambda i: SHORT.body(i), 1, args.idle, 60))
         report["short_idle"] = percentiles([t for _, t, s in idle if s == 200])
         for scenario in args.scenarios:
-            before = engine_metrics(url)
+            before = engine_metrics(url) if mode != "before" else None
             started = time.perf_counter()
             if scenario == "interference":
                 answers = asyncio.run(clients(
@@ -144,8 +174,8 @@ def run_mode(mode: str, home: Path, model: str, args: argparse.Namespace, out: P
                 result = {"all": percentiles(latencies(answers))}
             else:
                 rng = random.Random(7)
-                answers = asyncio.run(clients(url, lambda i: mixed_body(rng), 16, args.duration,
-                                              args.drain))
+                answers = asyncio.run(clients(url, lambda i: mixed_body(rng, args.mix), 16,
+                                              args.duration, args.drain))
                 result = {"all": percentiles(latencies(answers)),
                           "short": percentiles(latencies(answers, lambda b: b["pred_len"] <= 16)),
                           "long": percentiles(latencies(answers, lambda b: b["pred_len"] > 16))}
@@ -153,7 +183,8 @@ def run_mode(mode: str, home: Path, model: str, args: argparse.Namespace, out: P
             result["errors"] = sum(1 for *_, s in answers if s not in (200, UNANSWERED))
             result["unfinished"] = sum(1 for *_, s in answers if s == UNANSWERED)
             result["throughput_per_s"] = round(sum(1 for *_, s in answers if s == 200) / seconds, 3)
-            result["engine"] = delta(before, engine_metrics(url))
+            if before is not None:  # the old batcher has no engine metrics
+                result["engine"] = delta(before, engine_metrics(url))
             report[scenario] = result
             print(json.dumps({"mode": mode, "scenario": scenario, **result}), flush=True)
     return report
@@ -168,23 +199,24 @@ def plot(reports: list[dict], path: Path) -> None:
     rows = [("interference", "short", "short 64x8 beside 400x120x4"),
             ("mixed", "short", "mixed soak: short"), ("mixed", "long", "mixed soak: long")]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    width = 0.38
-    for offset, report in zip((-width / 2, width / 2), reports):
+    width = 0.8 / len(reports)
+    offsets = [width * (i - (len(reports) - 1) / 2) for i in range(len(reports))]
+    for offset, report in zip(offsets, reports):
         p95 = [report.get(s, {}).get(k, {}).get("p95_s", 0) for s, k, _ in rows]
-        left.bar(np.arange(len(rows)) + offset, p95, width, label=report["mode"])
+        left.bar(np.arange(len(rows)) + offset, p95, width, label=LABELS[report["mode"]])
     left.set_xticks(range(len(rows)), [label for *_, label in rows], fontsize=8)
     left.set_ylabel("p95 latency (s)")
     left.set_yscale("log")
     left.legend()
     scenarios = [s for s in ("throughput", "mixed") if all(s in r for r in reports)]
-    for offset, report in zip((-width / 2, width / 2), reports):
+    for offset, report in zip(offsets, reports):
         right.bar(np.arange(len(scenarios)) + offset,
-                  [report[s]["throughput_per_s"] for s in scenarios], width, label=report["mode"])
+                  [report[s]["throughput_per_s"] for s in scenarios], width, label=LABELS[report["mode"]])
     right.set_xticks(range(len(scenarios)), ["32 x 400x120" if s == "throughput" else "mixed soak"
                                              for s in scenarios])
     right.set_ylabel("forecasts / s")
     right.legend()
-    figure.suptitle("continuous vs request-level batching (small model, exact, 2 CPU threads)")
+    figure.suptitle("continuous vs request-level batching (small model, 2 CPU threads)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -193,8 +225,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", nargs="+", default=["interference", "throughput", "mixed"],
                         choices=["interference", "throughput", "mixed"])
-    parser.add_argument("--modes", nargs="+", default=["continuous", "request"],
-                        choices=["continuous", "request"])
+    parser.add_argument("--modes", nargs="+", default=["continuous", "request", "before"],
+                        choices=["continuous", "request", "before"])
+    parser.add_argument("--mix", default="skewed", choices=["skewed", "uniform"],
+                        help="the mixed soak's shapes (see mixed_shape)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per scenario")
     parser.add_argument("--idle", type=float, default=8.0, help="seconds of the idle short baseline")
     parser.add_argument("--drain", type=float, default=180.0)
@@ -208,7 +242,7 @@ def main() -> None:
     model = import_dev_model(home, "kronos-bench", shape=args.dev_shape)
     reports = [run_mode(mode, home, model, args, out) for mode in args.modes]
     (out / "bench_engine.json").write_text(json.dumps(reports, indent=1))
-    if len(reports) == 2:
+    if len(reports) >= 2:
         plot(reports, out / "bench_engine.png")
     print(f"wrote {out / 'bench_engine.json'}")
 
