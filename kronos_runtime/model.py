@@ -240,10 +240,14 @@ class KVBuffers:
         return SharedPrefix([(k[rows, :, cut], v[rows, :, cut]) for k, v in self.layers],
                             (self.context[0][rows, :, cut], self.context[1][rows, :, cut]))
 
-    def cache(self, rows: slice, length: int = 0, slots: torch.Tensor | None = None) -> OwnCache:
-        """Views of ``rows`` that fed chunks append to (from ``length``), or write at ``slots``."""
+    def cache(self, rows: slice, length: int = 0, slots: torch.Tensor | None = None,
+              length_cap: int | None = None) -> OwnCache:
+        """Views of ``rows`` that fed chunks append to (from ``length``), or write at ``slots``
+        (views of the first ``length_cap`` positions when given)."""
+        cut = slice(None, length_cap)
+
         def view(pair: tuple[torch.Tensor, torch.Tensor]) -> OwnKV:
-            return OwnKV(pair[0][rows], pair[1][rows], length=length, slots=slots)
+            return OwnKV(pair[0][rows, :, cut], pair[1][rows, :, cut], length=length, slots=slots)
         return OwnCache([view(p) for p in self.layers], view(self.context))
 
     def copy_row(self, source: int, target: int) -> None:

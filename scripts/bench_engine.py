@@ -110,7 +110,8 @@ def percentiles(latencies: list[float]) -> dict:
     if not latencies:
         return {"n": 0}
     p50, p95 = np.percentile(latencies, [50, 95])
-    return {"n": len(latencies), "p50_s": round(float(p50), 3), "p95_s": round(float(p95), 3)}
+    return {"n": len(latencies), "p50_s": round(float(p50), 3), "p95_s": round(float(p95), 3),
+            "mean_s": round(float(np.mean(latencies)), 3)}
 
 
 def engine_metrics(url: str) -> dict:

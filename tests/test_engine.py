@@ -110,18 +110,18 @@ def test_a_failing_series_fails_only_its_request(forecaster):
     alone = [forecaster.forecast([r])[0] for r in requests]
     engine = forecaster.engine()
     fail_in_prefill, fail_in_sampling = requests[1], requests[3]
-    prefill, sample = engine.executor.prefill_chunk, engine.executor.sample
+    prefill, draw = engine.executor.prefill_chunk, engine.executor.draw
 
     def broken_prefill(seq, batch):
         if seq.request is fail_in_prefill:
             raise MemoryError("simulated: out of memory in this series' prefill")
         return prefill(seq, batch)
 
-    def broken_sample(logits, seq):
+    def broken_draw(probabilities, seq):
         if seq.request is fail_in_sampling and seq.steps_done >= 4:
             raise RuntimeError("simulated: probability tensor contains nan")
-        return sample(logits, seq)
-    engine.executor.prefill_chunk, engine.executor.sample = broken_prefill, broken_sample
+        return draw(probabilities, seq)
+    engine.executor.prefill_chunk, engine.executor.draw = broken_prefill, broken_draw
     futures = [engine.submit(r, forecaster.prepare(r)) for r in requests]
     engine.run_until_idle()
     with pytest.raises(MemoryError):

@@ -11,6 +11,7 @@ import torch
 
 from ..layers import RowGroups
 from ..model import KronosModel, KVBuffers
+from .decode_pass import KEY_ALIGN
 from .sequence import Sequence
 
 
@@ -52,7 +53,7 @@ class DecodeBatch:
         needed_slots = self.n_series + 1
         if needed_slots > self.prefixes.n or window > self.prefixes.capacity:
             self.prefixes = self.prefixes.grown(self.model, _capacity(needed_slots, self.prefixes.n),
-                                                _capacity(window, self.prefixes.capacity))
+                                                _capacity(max(window, KEY_ALIGN), self.prefixes.capacity))
         seq.slot = self.n_series
         self.series.append(seq)
         self._layout = None
@@ -80,7 +81,7 @@ class DecodeBatch:
         needed = start + paths
         if needed > self.own.n or seq.horizon > self.own.capacity:
             self.own = self.own.grown(self.model, _capacity(needed, self.own.n),
-                                      _capacity(seq.horizon, self.own.capacity))
+                                      _capacity(max(seq.horizon, KEY_ALIGN), self.own.capacity))
         if needed > self.last_s1.shape[0]:
             size = _capacity(needed, self.last_s1.shape[0])
             self.last_s1 = torch.cat([self.last_s1, self.last_s1.new_zeros(size - self.last_s1.shape[0])])

@@ -18,7 +18,7 @@ from ..sampling import filter_logits
 from ..tokenizer import KronosTokenizer
 from .batch import DecodeBatch
 from .cost import TOKENIZER_COST
-from .decode_pass import decode_pass
+from .decode_pass import aligned_keys, decode_pass
 from .sequence import Recompute, Sequence
 from .static_step import StaticDecode
 
@@ -43,21 +43,34 @@ class Executor:
         model.rope.reserve(max(ROPE_RESERVE, 2 * max_context), self.device, model.dtype)
 
     # -- sampling -----------------------------------------------------------------------------
-    def sample(self, logits: torch.Tensor, seq: Sequence) -> torch.Tensor:
-        """One token per path of ``seq`` from its logits [paths, vocab], with its generator.
+    def probabilities(self, logits: torch.Tensor, series: list[Sequence]) -> torch.Tensor:
+        """Sampling probabilities of rows [rows, vocab] holding every path of each of ``series``
+        in turn: each row's temperature, top-k or top-p filter and softmax, in one batched call.
 
-        A series draws once per call over its own paths in order, so its samples do not depend
-        on which other series share the step.
-        """
-        params = seq.request.sampling
-        if params.greedy:
+        Every operation works row by row, so a row's probabilities do not depend on which other
+        rows share the call."""
+        paths = torch.tensor([seq.paths for seq in series], device=logits.device)
+
+        def per_row(values: list[float], dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=logits.device).repeat_interleave(paths)
+        params = [seq.request.sampling for seq in series]
+        temperature = per_row([p.temperature for p in params], torch.float32)
+        top_k = per_row([p.top_k for p in params], torch.long)
+        top_p = per_row([p.top_p for p in params], torch.float32)
+        filtered = filter_logits(logits.float() / temperature[:, None], top_k, top_p)
+        return torch.softmax(filtered, dim=-1)
+
+    def draw(self, probabilities: torch.Tensor, seq: Sequence) -> torch.Tensor:
+        """One token per path of ``seq`` from its rows' probabilities [paths, vocab], with its
+        generator: a series draws once per call over its own paths in order, so its samples do
+        not depend on which other series share the step."""
+        return torch.multinomial(probabilities, 1, generator=seq.generator)[:, 0]
+
+    def sample(self, logits: torch.Tensor, seq: Sequence) -> torch.Tensor:
+        """One token per path of ``seq`` from its logits [paths, vocab]."""
+        if seq.greedy:
             return logits.argmax(dim=-1)
-        rows = logits.shape[0]
-        scaled = logits.float() / params.temperature
-        filtered = filter_logits(scaled, torch.full((rows,), params.top_k, device=logits.device),
-                                 torch.full((rows,), params.top_p, device=logits.device))
-        probs = torch.softmax(filtered, dim=-1)
-        return torch.multinomial(probs, 1, generator=seq.generator)[:, 0]
+        return self.draw(self.probabilities(logits, [seq]), seq)
 
     def _sample_first(self, seq: Sequence, last_state: torch.Tensor, context: SharedPrefix,
                       own_context: tuple[torch.Tensor, torch.Tensor], step: int) -> None:
@@ -202,27 +215,35 @@ class Executor:
         """The step at the batch's own shapes: s1 logits, and the function giving s2 logits."""
         rows = batch.n_rows
         groups, _ = batch.layout()
+        # attention reads what the longest window and the furthest row have written, not the
+        # buffers' capacity (a step's cost follows the live rows, not the biggest ever admitted)
         step = decode_pass(self.model, batch.prefixes, batch.own, groups.n_series,
                            batch.last_s1[:rows], batch.last_s2[:rows], stamps,
                            torch.tensor(windows, device=self.device),
                            torch.tensor(batch.own_len, device=self.device), self.window_limit,
-                           groups)
+                           groups, aligned_keys(max(windows), batch.prefixes.capacity),
+                           aligned_keys(max(batch.own_len) + 1, batch.own.capacity))
         return step.s1_logits(), step.s2_logits
 
     def _sample_rows(self, logits: torch.Tensor, series: list[Sequence],
                      rows_of: dict[int, torch.Tensor],
                      failures: list[tuple[Sequence, Exception]]) -> torch.Tensor:
-        """Tokens for every row: greedy rows by one argmax, sampled ones per series generator."""
+        """Tokens for every row: greedy rows by one argmax; sampled rows' probabilities in one
+        batched call, then one draw per series with its generator."""
         out = logits.argmax(dim=-1)
         failed = {id(seq) for seq, _ in failures}
-        for seq in series:
-            if seq.greedy or id(seq) in failed:
-                continue
-            index = rows_of[seq.id]
+        sampled = [seq for seq in series if not seq.greedy and id(seq) not in failed]
+        if not sampled:
+            return out
+        index = [rows_of[seq.id] for seq in sampled]
+        probabilities = self.probabilities(logits[torch.cat(index)], sampled)
+        start = 0
+        for seq, rows in zip(sampled, index):
             try:
-                out[index] = self.sample(logits[index], seq)
+                out[rows] = self.draw(probabilities[start:start + seq.paths], seq)
             except Exception as exc:  # e.g. non-finite probabilities: this series only
                 failures.append((seq, exc))
+            start += seq.paths
         return out
 
     def needs_recompute(self, seq: Sequence) -> bool:

@@ -1,0 +1,53 @@
+"""scripts/bench_engine.py: its mixes and a short real run against the engine and the batcher
+it replaced (the service as of ``BEFORE_COMMIT``, served from its own source tree)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+from local_server import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_engine import BEFORE_COMMIT, mixed_shape  # noqa: E402
+
+SKEWED_HORIZONS = {1, 4, 8, 16, 32, 64, 120}
+
+
+def test_the_mixes_draw_the_issue_ranges():
+    rng = random.Random(0)
+    for mix in ("skewed", "uniform"):
+        shapes = [mixed_shape(rng, mix) for _ in range(3000)]
+        assert all(20 <= s.lookback <= 500 and 1 <= s.horizon <= 120 and 1 <= s.paths <= 8
+                   for s in shapes)
+        horizons = {s.horizon for s in shapes}
+        if mix == "skewed":
+            assert horizons == SKEWED_HORIZONS
+        else:  # every horizon equally likely: nearly all of 1..120 appear in 3000 draws
+            assert len(horizons - SKEWED_HORIZONS) > 100
+
+
+def test_a_short_run_compares_the_engine_with_the_batcher_before_it(tmp_path):
+    out = tmp_path / "engine"
+    done = subprocess.run(
+        [sys.executable, "scripts/bench_engine.py", "--scenarios", "mixed", "--modes", "continuous",
+         "before", "--mix", "uniform", "--duration", "3", "--idle", "1", "--drain", "60",
+         "--dev-shape", "tiny", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "BENTOML_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    continuous, before = json.loads((out / "bench_engine.json").read_text())
+    assert (continuous["mode"], before["mode"]) == ("continuous", "before")
+    for report in (continuous, before):
+        mixed = report["mixed"]
+        assert mixed["all"]["n"] > 0 and mixed["errors"] == 0
+        assert mixed["all"]["p50_s"] <= mixed["all"]["p95_s"]
+    # the engine reports its steps; the old batcher has no engine, and ran from its own tree
+    assert continuous["mixed"]["engine"]["steps"] > 0 and "engine" not in before["mixed"]
+    old_tree = out / f"before-{BEFORE_COMMIT}"
+    assert not (old_tree / "kronos_runtime" / "engine" / "engine.py").exists()
+    assert (old_tree / "kronos_runtime" / "generation.py").is_file()
+    assert "Starting production HTTP BentoServer" in (out / "server-before.log").read_text()
+    assert (out / "bench_engine.png").stat().st_size > 10_000
