@@ -16,37 +16,49 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
 from bench_engine import BEFORE_COMMIT, source_before  # noqa: E402
+from bench_runtime import candles  # noqa: E402
 
 ONE_FORECAST = """
 import json, sys, time
+import pandas as pd
 import torch
-sys.path.insert(0, {tree!r}); sys.path.insert(0, {scripts!r})
-from bench_runtime import candles
+sys.path.insert(0, {tree!r})
+import kronos_runtime
 from kronos_runtime import ForecastRequest, KronosForecaster, SamplingParams
 torch.set_num_threads({threads})
 forecaster = KronosForecaster.from_pretrained({model!r}, {tokenizer!r}, max_context=512)
-frame, stamps = candles({rows}, seed=1)
+frame, stamps = pd.read_pickle({data!r})
 sampling = SamplingParams(top_k=1) if {paths} == 1 else SamplingParams(sample_count={paths}, seed=1)
 forecaster.forecast([ForecastRequest(frame.tail(64), 4, timestamps=stamps.tail(64))])  # warm-up
 started = time.perf_counter()
 forecaster.forecast([ForecastRequest(frame, {horizon}, timestamps=stamps, sampling=sampling)])
-print(json.dumps(time.perf_counter() - started))
+print(json.dumps([time.perf_counter() - started, kronos_runtime.__file__]))
 """
 
 
-def seconds(tree: Path, checkpoint: tuple[Path, Path], shape: str, threads: int) -> float:
+def seconds(tree: Path, checkpoint: tuple[Path, Path], shape: str, threads: int,
+            scratch: Path) -> float:
+    """Seconds of one forecast of ``shape`` by the runtime in ``tree`` (its own subprocess,
+    which must import that tree's ``kronos_runtime``, not this one's)."""
     rows, horizon, paths = (int(part) for part in shape.split("x"))
-    code = ONE_FORECAST.format(tree=str(tree), scripts=str(ROOT / "scripts"), threads=threads,
-                               model=str(checkpoint[0]), tokenizer=str(checkpoint[1]), rows=rows,
-                               horizon=horizon, paths=paths)
+    data = scratch / f"candles-{rows}.pkl"
+    pd.to_pickle(candles(rows, seed=1), data)
+    code = ONE_FORECAST.format(tree=str(tree), threads=threads, model=str(checkpoint[0]),
+                               tokenizer=str(checkpoint[1]), data=str(data), horizon=horizon,
+                               paths=paths)
     done = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True,
                           check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    elapsed, runtime_file = json.loads(done.stdout.strip().splitlines()[-1])
+    if not Path(runtime_file).resolve().is_relative_to(tree.resolve()):
+        raise RuntimeError(f"{tree}: the forecast ran {runtime_file}, not that tree's runtime")
+    return float(elapsed)
 
 
 def main() -> None:
@@ -60,10 +72,11 @@ def main() -> None:
 
     out = Path(args.out)
     old_tree = source_before(out)
-    checkpoint = write_pair(Path(tempfile.mkdtemp(prefix="kronos-before-")), args.dev_shape)
+    scratch = Path(tempfile.mkdtemp(prefix="kronos-before-"))
+    checkpoint = write_pair(scratch, args.dev_shape)
     for shape in args.shapes:
-        engine = seconds(ROOT, checkpoint, shape, args.threads)
-        before = seconds(old_tree, checkpoint, shape, args.threads)
+        engine = seconds(ROOT, checkpoint, shape, args.threads, scratch)
+        before = seconds(old_tree, checkpoint, shape, args.threads, scratch)
         print(json.dumps({"shape": shape, "engine_s": round(engine, 2),
                           f"before_{BEFORE_COMMIT}_s": round(before, 2),
                           "engine_over_before": round(engine / before, 3)}), flush=True)
