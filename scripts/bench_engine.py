@@ -146,18 +146,20 @@ def source_before(out: Path) -> Path:
 
 
 def run_mode(mode: str, home: Path, model: str, args: argparse.Namespace, out: Path) -> dict:
-    env = {"KRONOS_MODEL": model, "KRONOS_BATCHING": mode, "KRONOS_THREADS": "2",
+    engine = mode != "before"  # the old service has no engine (no batching setting, no metrics)
+    env = {"KRONOS_MODEL": model, "KRONOS_THREADS": "2",
            "KRONOS_TIMEOUT_S": "900", "KRONOS_LOG_LEVEL": "WARNING", "KRONOS_RECORD_FORECASTS": "false",
            "KRONOS_CACHE_MAX_ENTRIES": "0", "KRONOS_JOBS_ENABLED": "false",
+           **({"KRONOS_BATCHING": mode} if engine else {}),
            **dict(item.split("=", 1) for item in args.env)}
     report: dict = {"mode": mode}
-    source = source_before(out) if mode == "before" else ROOT
+    source = ROOT if engine else source_before(out)
     with running_server(home, env, out / f"server-{mode}.log", timeout=300, cwd=source) as server:
         url = server.url
         idle = asyncio.run(clients(url, lambda i: SHORT.body(i), 1, args.idle, 60))
         report["short_idle"] = percentiles([t for _, t, s in idle if s == 200])
         for scenario in args.scenarios:
-            before = engine_metrics(url) if mode != "before" else None
+            metrics_at_start = engine_metrics(url) if engine else None
             started = time.perf_counter()
             if scenario == "interference":
                 answers = asyncio.run(clients(
@@ -184,8 +186,8 @@ def run_mode(mode: str, home: Path, model: str, args: argparse.Namespace, out: P
             result["errors"] = sum(1 for *_, s in answers if s not in (200, UNANSWERED))
             result["unfinished"] = sum(1 for *_, s in answers if s == UNANSWERED)
             result["throughput_per_s"] = round(sum(1 for *_, s in answers if s == 200) / seconds, 3)
-            if before is not None:  # the old batcher has no engine metrics
-                result["engine"] = delta(before, engine_metrics(url))
+            if metrics_at_start is not None:
+                result["engine"] = delta(metrics_at_start, engine_metrics(url))
             report[scenario] = result
             print(json.dumps({"mode": mode, "scenario": scenario, **result}), flush=True)
     return report
