@@ -70,6 +70,7 @@ def test_concurrent_claims_never_share_a_job(store):
     def claim_all(worker):
         mine = []
         while claimed := store.jobs.claim(worker, lease_s=30, limit=3):
+            assert len(claimed) <= 3  # never more than the worker has room for
             mine += [job.id for job in claimed]
         return mine
 

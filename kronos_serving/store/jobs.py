@@ -129,9 +129,11 @@ class JobStore:
     def claim(self, worker: str, lease_s: float, limit: int = 1) -> list[JobRecord]:
         """Up to ``limit`` queued jobs (oldest first), now running under ``worker``'s lease."""
         now = utcnow()
+        # a CTE, evaluated once: PostgreSQL may re-run an IN (... LIMIT n) subquery inside an
+        # UPDATE and claim more than ``limit`` jobs (a job canceled while queued was claimed)
         oldest = (select(Job.id).where(Job.status == "queued").order_by(Job.created_at)
-                  .limit(limit).with_for_update(skip_locked=True).scalar_subquery())
-        claim = (update(Job).where(Job.id.in_(oldest), Job.status == "queued")
+                  .limit(limit).with_for_update(skip_locked=True).cte("oldest"))
+        claim = (update(Job).where(Job.id == oldest.c.id, Job.status == "queued")
                  .values(status="running", lease_owner=worker,
                          lease_expires_at=now + timedelta(seconds=lease_s),
                          attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now))
