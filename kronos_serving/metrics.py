@@ -89,6 +89,12 @@ class Metrics:
                                        labelnames=["model_version"])
 
     @cached_property
+    def deadline_leads(self):
+        return bentoml.metrics.Counter(name="kronos_engine_deadline_leads",
+                                       documentation="Engine steps led by a series near its deadline",
+                                       labelnames=["model_version"])
+
+    @cached_property
     def queued_series(self):
         return bentoml.metrics.Gauge(
             name="kronos_queued_series", documentation="Series submitted and not answered yet",

@@ -13,6 +13,7 @@ from conftest import TEST_DEVICE, make_candles
 from kronos_runtime import ForecastRequest, KronosForecaster, SamplingParams
 from kronos_runtime.engine import Cancelled, EngineLimits, Priority
 from kronos_runtime.engine.cost import series_cost
+from kronos_runtime.engine.sequence import Phase
 from kronos_serving.engine_client import EngineClient, QueueFull
 
 GREEDY = SamplingParams(top_k=1)
@@ -248,6 +249,80 @@ def test_a_medium_request_is_not_starved_by_a_stream_of_smaller_ones(forecaster)
     assert i < 30 and medium.result().mean.shape == (1, 6)
     assert sum(not f.done() for f in newcomers) > 5  # the stream did outrun the steps
     engine.run_until_idle()
+
+
+def test_the_cost_estimate_follows_progress():
+    """The closed form equals the per-step sum it stands for, from any progress on."""
+    def per_step(length, horizon, paths, context, exact, done, prefilled):
+        cost = min(length, context) - prefilled + paths * (horizon - done)
+        for step in range(max(1, context - length + 1, done), horizon) if exact else ():
+            generated = min(step, context)
+            cost += (context - generated) + paths * generated
+        return int(cost + 0.1 * ((0 if prefilled or done else length) + paths * min(length + horizon, context)))
+    rng = np.random.default_rng(3)
+    for _ in range(3000):
+        length, horizon, paths = (int(v) for v in rng.integers(1, [2100, 600, 33]))
+        context, exact = int(rng.choice([48, 512, 2048])), bool(rng.random() < 0.7)
+        done = int(rng.integers(0, horizon + 1))
+        prefilled = min(length, context) if done else int(rng.integers(0, min(length, context) + 1))
+        assert (series_cost(length, horizon, paths, context, exact, done, prefilled)
+                == per_step(length, horizon, paths, context, exact, done, prefilled))
+    assert series_cost(498, 120, 8, 512, True) > series_cost(498, 120, 8, 512, True, 60, 498) > 0
+
+
+def test_a_series_near_its_deadline_leads_every_step(tiny_checkpoint):
+    """A big request whose deadline is nearer than ``deadline_lead`` times its remaining time
+    alone (what is left of its cost at the measured speed) runs its chunks first in every step,
+    ahead of an older big request that otherwise leads every other step; of two such requests,
+    the one with the earlier deadline leads; one that could not make it even alone does not."""
+    forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE,
+                                                  max_context=48, sliding="exact")
+    limits = EngineLimits(chunk_tokens=8, step_tokens=32, short_cost=100, starvation_s=600)
+    engine = forecaster.engine(limits)
+    old = long_request(48, 40, 4)
+    engine.submit(old, forecaster.prepare(old))
+    engine.step()
+    late_request = long_request(46, 40, 2)
+    engine.submit(late_request, forecaster.prepare(late_request), deadline=time.monotonic() + 100)
+    engine.step()
+    oldest, late = engine.live
+    scheduler = engine.scheduler
+    scheduler.observe = lambda tokens, seconds: None  # the speed is set by hand below
+    ran: list = []
+    run_chunk = engine._run_chunk
+    engine._run_chunk = lambda seq: (ran.append(seq), run_chunk(seq))[1]
+
+    def first_to_run(steps: int) -> list:
+        firsts = []
+        for _ in range(steps):
+            ran.clear()
+            stats = engine.step()
+            firsts.append((ran[0] if ran else None, stats.deadline_lead))
+        return firsts
+
+    # alone it would need a tenth of the time left: the oldest leads every other step
+    scheduler.seconds_per_token = 100 / (10 * engine.remaining_cost(late))
+    far = first_to_run(4)
+    assert (oldest, False) in far and not any(lead for _, lead in far)
+    # alone it would need half the time left (deadline_lead is 3): it leads every step
+    scheduler.seconds_per_token = 100 / (2 * engine.remaining_cost(late))
+    while late.phase != Phase.RECOMPUTE:  # its first steps after the prefill are decode steps
+        engine.step()
+    assert first_to_run(6) == [(late, True)] * 6
+    # both at risk (each deadline between 1 and 3 times its time alone): the earlier one leads
+    alone = {seq: engine.remaining_cost(seq) * scheduler.seconds_per_token for seq in (oldest, late)}
+    now = time.monotonic()
+    oldest.deadline, late.deadline = now + 1.2 * alone[oldest], now + 2.9 * alone[late]
+    assert oldest.deadline < late.deadline
+    assert first_to_run(2) == [(oldest, True)] * 2
+    # alone it would need twice the time left: it cannot make it and does not take the lead
+    oldest.deadline = None
+    scheduler.seconds_per_token = 100 / (0.5 * engine.remaining_cost(late))
+    hopeless = first_to_run(4)
+    assert (oldest, False) in hopeless and not any(lead for _, lead in hopeless)
+    oldest.deadline = late.deadline = None
+    engine.run_until_idle()
+    assert not engine.live
 
 
 def test_at_most_max_recomputing_series_hold_recomputation_buffers(tiny_checkpoint):

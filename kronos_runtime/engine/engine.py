@@ -44,6 +44,7 @@ class StepStats:
     live_rows: int
     live_series: int
     chunk_tokens: int       # model-token equivalents of chunked work run
+    deadline_lead: bool     # a series near its deadline led this step
     admitted: list[Sequence]
     completed: list[Sequence]
     failed: int
@@ -60,7 +61,7 @@ class Engine:
         self.limits = limits or EngineLimits()
         self.executor = Executor(model, tokenizer, max_context, sliding, self.limits.chunk_tokens,
                                  steps_mode)
-        self.scheduler = Scheduler(self.limits)
+        self.scheduler = Scheduler(self.limits, self.remaining_cost)
         # captured graphs point into the batch's buffers: keep them when idle
         self.batch = DecodeBatch(model, keep_buffers=steps_mode == "graphs")
         self.device = model.device
@@ -146,8 +147,10 @@ class Engine:
         for seq in plan.admit:
             self._admit(seq)
         completed: list[Sequence] = []
+        chunks_started = time.perf_counter()
         spent, failed_chunks = self._run_chunks(plan.chunks, plan.budget, completed,
                                                 plan.leader, plan.lead_budget)
+        self.scheduler.observe(spent, time.perf_counter() - chunks_started)
         failed += failed_chunks
         decoding = self.batch.decoding()
         decoded_rows = self.batch.n_rows
@@ -161,6 +164,7 @@ class Engine:
         stats = StepStats(seconds=time.perf_counter() - started, decoded_rows=decoded_rows,
                           decoded_series=len(decoding), live_rows=sum(s.paths for s in self.live),
                           live_series=len(self.live), chunk_tokens=spent,
+                          deadline_lead=plan.deadline_lead,
                           admitted=plan.admit, completed=completed, failed=failed,
                           waiting=self.waiting)
         if self.on_step:
@@ -201,6 +205,12 @@ class Engine:
             if recomputing and seq.recompute is None:
                 break
         return spent, 0
+
+    def remaining_cost(self, seq: Sequence) -> int:
+        """Model-token positions left of a live series (its cost estimate, from its progress)."""
+        ex = self.executor
+        return series_cost(seq.length, seq.horizon, seq.paths, ex.max_context, ex.sliding == "exact",
+                           seq.steps_done, seq.prefilled)
 
     def chunk_cost(self, seq: Sequence) -> int:
         """Model-token equivalents of ``seq``'s next chunk (for the step budget)."""

@@ -21,7 +21,12 @@ starved of decode steps). Around that, the scheduler
   buffers at once;
 - lets the oldest series outside the short lane lead every other step: it runs one chunk
   before everyone (or, once it has been in the engine ``starvation_s``, up to ``step_tokens``),
-  so the biggest work, which the response ratio puts last, always progresses.
+  so the biggest work, which the response ratio puts last, always progresses;
+- but first keeps deadlines: a series outside the short lane whose deadline is nearer than
+  ``deadline_lead`` times its estimated remaining time alone (what is left of its cost, at the
+  measured seconds per chunked token), and that can still make it, leads every step with
+  ``step_tokens``, earliest deadline first, so accepted big work finishes before it would time
+  out. One that could not make it even alone does not take the lead from the others.
 
 The bound on one step: one decode position per live row plus at most ``step_tokens`` chunked
 tokens (a single chunk is at most ``chunk_tokens`` positions, or a bounded tokenizer call).
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .priority import Priority
 from .sequence import Phase, Sequence
@@ -48,6 +54,7 @@ class EngineLimits:
     short_step_tokens: int = 192
     starvation_s: float = 30.0
     background_share: float = 0.75
+    deadline_lead: float = 3.0  # lead every step once the deadline is this many remaining-times away
     request_level: bool = False  # the old batcher, for comparison: admit only when idle
 
     def __post_init__(self) -> None:
@@ -56,6 +63,8 @@ class EngineLimits:
             raise ValueError("engine limits must be at least 1")
         if not 0 < self.background_share <= 1:
             raise ValueError("background_share must be in (0, 1]")
+        if self.deadline_lead < 1:
+            raise ValueError("deadline_lead must be at least 1")
 
 
 # series admitted this step (still WAITING while planned) encode in this very step
@@ -69,15 +78,40 @@ class StepPlan:
     budget: float = 0.0  # model-token equivalents of chunked work this step
     leader: Sequence | None = None  # runs up to lead_budget before everyone else
     lead_budget: float = 0.0
+    deadline_lead: bool = False  # the leader leads because its deadline is near
 
 
 class Scheduler:
-    """Plans each step from the waiting queue and the live series."""
+    """Plans each step from the waiting queue and the live series.
 
-    def __init__(self, limits: EngineLimits) -> None:
+    ``remaining`` estimates what is left of a live series' cost (model-token positions);
+    :meth:`observe` feeds it the measured speed of chunked work."""
+
+    SPEED_WEIGHT = 0.1  # weight of each observed step in the moving average of seconds per token
+
+    def __init__(self, limits: EngineLimits,
+                 remaining: Callable[[Sequence], float] = lambda seq: seq.cost) -> None:
         self.limits = limits
+        self.remaining = remaining
         self.waiting: list[Sequence] = []
         self.plans = 0
+        self.seconds_per_token = 0.0  # nothing measured yet: no deadline is judged at risk
+
+    def observe(self, tokens: float, seconds: float) -> None:
+        """One step ran ``tokens`` model-token equivalents of chunked work in ``seconds``."""
+        if tokens <= 0:
+            return
+        rate = seconds / tokens
+        self.seconds_per_token = (rate if not self.seconds_per_token else
+                                  self.seconds_per_token + self.SPEED_WEIGHT * (rate - self.seconds_per_token))
+
+    def at_risk(self, seq: Sequence, now: float) -> bool:
+        """Its deadline is nearer than ``deadline_lead`` times its remaining time alone, and not
+        nearer than that time itself (then it cannot make it: leading would only slow others)."""
+        if seq.deadline is None or not self.seconds_per_token:
+            return False
+        alone = self.remaining(seq) * self.seconds_per_token
+        return alone <= seq.deadline - now < self.limits.deadline_lead * alone
 
     def order(self, seq: Sequence, now: float) -> tuple:
         return (seq.effective_priority(now, self.limits.starvation_s), seq.submitted, seq.id)
@@ -90,8 +124,13 @@ class Scheduler:
         self._chunks(plan, live + plan.admit, now)
         plan.budget = self.budget(live + plan.admit, now)
         big = [seq for seq in plan.chunks if not self.small_lane(seq)]
-        plan.leader = min(big, key=lambda seq: (seq.submitted, seq.id)) if big else None
-        plan.lead_budget = self.lead_budget(plan.leader, now)
+        urgent = [seq for seq in big if self.at_risk(seq, now)]
+        if urgent:
+            plan.leader = min(urgent, key=lambda seq: (seq.deadline, seq.id))
+            plan.lead_budget, plan.deadline_lead = float(self.limits.step_tokens), True
+        else:
+            plan.leader = min(big, key=lambda seq: (seq.submitted, seq.id)) if big else None
+            plan.lead_budget = self.lead_budget(plan.leader, now)
         return plan
 
     def lead_budget(self, leader: Sequence | None, now: float) -> float:
