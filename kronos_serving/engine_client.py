@@ -76,8 +76,8 @@ def step_recorder(version: str) -> Callable[[StepStats], None]:
             METRICS.admissions.labels(**labels).inc(len(stats.admitted))
             for seq in stats.admitted:
                 METRICS.queue_wait.labels(**labels).observe(seq.admitted - seq.submitted)
-        if stats.deadline_lead:
-            METRICS.deadline_leads.labels(**labels).inc()
+        if stats.urgent:
+            METRICS.urgent_steps.labels(**labels).inc()
         if stats.completed:
             METRICS.completions.labels(**labels).inc(len(stats.completed))
             for seq in stats.completed:

@@ -89,9 +89,9 @@ class Metrics:
                                        labelnames=["model_version"])
 
     @cached_property
-    def deadline_leads(self):
-        return bentoml.metrics.Counter(name="kronos_engine_deadline_leads",
-                                       documentation="Engine steps led by a series near its deadline",
+    def urgent_steps(self):
+        return bentoml.metrics.Counter(name="kronos_engine_urgent_steps",
+                                       documentation="Engine steps with a series near its deadline first after the short lane",
                                        labelnames=["model_version"])
 
     @cached_property

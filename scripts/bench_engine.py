@@ -106,6 +106,15 @@ def latencies(answers: list[tuple[dict, float, int]], keep=lambda body: True) ->
     return [t for body, t, status in answers if status in (200, UNANSWERED) and keep(body)]
 
 
+def write_answers(answers: list[tuple[dict, float, int]], path: Path) -> None:
+    """One line per request: its shape, latency and status (no candle values)."""
+    with path.open("w") as out:
+        for body, seconds, status in answers:
+            out.write(json.dumps({"rows": len(body["data"]), "pred_len": body["pred_len"],
+                                  "sample_count": body["sample_count"], "latency_s": round(seconds, 3),
+                                  "status": status}) + "\n")
+
+
 def percentiles(latencies: list[float]) -> dict:
     if not latencies:
         return {"n": 0}
@@ -148,7 +157,7 @@ def source_before(out: Path) -> Path:
 def run_mode(mode: str, home: Path, model: str, args: argparse.Namespace, out: Path) -> dict:
     engine = mode != "before"  # the old service has no engine (no batching setting, no metrics)
     env = {"KRONOS_MODEL": model, "KRONOS_THREADS": "2",
-           "KRONOS_TIMEOUT_S": "900", "KRONOS_LOG_LEVEL": "WARNING", "KRONOS_RECORD_FORECASTS": "false",
+           "KRONOS_LOG_LEVEL": "WARNING", "KRONOS_RECORD_FORECASTS": "false",
            "KRONOS_CACHE_MAX_ENTRIES": "0", "KRONOS_JOBS_ENABLED": "false",
            **({"KRONOS_BATCHING": mode} if engine else {}),
            **dict(item.split("=", 1) for item in args.env)}
@@ -183,7 +192,9 @@ def run_mode(mode: str, home: Path, model: str, args: argparse.Namespace, out: P
                           "short": percentiles(latencies(answers, lambda b: b["pred_len"] <= 16)),
                           "long": percentiles(latencies(answers, lambda b: b["pred_len"] > 16))}
             seconds = time.perf_counter() - started
+            write_answers(answers, out / f"answers-{mode}-{scenario}.jsonl")
             result["errors"] = sum(1 for *_, s in answers if s not in (200, UNANSWERED))
+            result["timeouts"] = sum(1 for *_, s in answers if s == 504)  # past timeout_s (300 s)
             result["unfinished"] = sum(1 for *_, s in answers if s == UNANSWERED)
             result["throughput_per_s"] = round(sum(1 for *_, s in answers if s == 200) / seconds, 3)
             if metrics_at_start is not None:

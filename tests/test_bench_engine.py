@@ -43,7 +43,12 @@ def test_a_short_run_compares_the_engine_with_the_batcher_before_it(tmp_path):
     for report in (continuous, before):
         mixed = report["mixed"]
         assert mixed["all"]["n"] > 0 and mixed["errors"] == 0
-        assert mixed["all"]["p50_s"] <= mixed["all"]["p95_s"]
+        assert mixed["all"]["p50_s"] <= mixed["all"]["p95_s"] and mixed["timeouts"] == 0
+        # every request's shape, latency and status, for the analysis of the tail
+        lines = (out / f"answers-{report['mode']}-mixed.jsonl").read_text().splitlines()
+        answers = [json.loads(line) for line in lines]
+        assert len(answers) == mixed["all"]["n"] and {a["status"] for a in answers} == {200}
+        assert all(20 <= a["rows"] <= 500 and 1 <= a["pred_len"] <= 120 for a in answers)
     # the engine reports its steps; the old batcher has no engine, and ran from its own tree
     assert continuous["mixed"]["engine"]["steps"] > 0 and "engine" not in before["mixed"]
     old_tree = out / f"before-{BEFORE_COMMIT}"

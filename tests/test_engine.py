@@ -270,11 +270,12 @@ def test_the_cost_estimate_follows_progress():
     assert series_cost(498, 120, 8, 512, True) > series_cost(498, 120, 8, 512, True, 60, 498) > 0
 
 
-def test_a_series_near_its_deadline_leads_every_step(tiny_checkpoint):
-    """A big request whose deadline is nearer than ``deadline_lead`` times its remaining time
-    alone (what is left of its cost at the measured speed) runs its chunks first in every step,
-    ahead of an older big request that otherwise leads every other step; of two such requests,
-    the one with the earlier deadline leads; one that could not make it even alone does not."""
+def test_a_series_near_its_deadline_runs_first_after_the_short_lane(tiny_checkpoint):
+    """A big request whose deadline is nearer than ``deadline_margin`` times its remaining time
+    alone (what is left of its cost at the measured speed) is urgent: its chunks run first in
+    every step, ahead of an older big request that otherwise leads every other step, but after
+    short requests. Deadlines are judged earliest first, each against its own work plus the work
+    due before it, and the earliest is urgent; one that could not make it even alone is not."""
     forecaster = KronosForecaster.from_pretrained(*tiny_checkpoint, device=TEST_DEVICE,
                                                   max_context=48, sliding="exact")
     limits = EngineLimits(chunk_tokens=8, step_tokens=32, short_cost=100, starvation_s=600)
@@ -297,26 +298,41 @@ def test_a_series_near_its_deadline_leads_every_step(tiny_checkpoint):
         for _ in range(steps):
             ran.clear()
             stats = engine.step()
-            firsts.append((ran[0] if ran else None, stats.deadline_lead))
+            firsts.append((ran[0] if ran else None, stats.urgent))
         return firsts
 
     # alone it would need a tenth of the time left: the oldest leads every other step
     scheduler.seconds_per_token = 100 / (10 * engine.remaining_cost(late))
     far = first_to_run(4)
     assert (oldest, False) in far and not any(lead for _, lead in far)
-    # alone it would need half the time left (deadline_lead is 3): it leads every step
+    # alone it would need half the time left (deadline_margin is 3): it is urgent every step
     scheduler.seconds_per_token = 100 / (2 * engine.remaining_cost(late))
     while late.phase != Phase.RECOMPUTE:  # its first steps after the prefill are decode steps
         engine.step()
     assert first_to_run(6) == [(late, True)] * 6
+    # a short request's chunks still go first, and the urgent one's right after them
+    short = short_request()
+    answered = engine.submit(short, forecaster.prepare(short))
+    ran.clear()
+    assert engine.step().urgent and ran[0].request is short and late in ran
+    assert ran.index(late) == max(i for i, seq in enumerate(ran) if seq.request is short) + 1
+    while not answered.done():
+        engine.step()
     # both at risk (each deadline between 1 and 3 times its time alone): the earlier one leads
     alone = {seq: engine.remaining_cost(seq) * scheduler.seconds_per_token for seq in (oldest, late)}
     now = time.monotonic()
     oldest.deadline, late.deadline = now + 1.2 * alone[oldest], now + 2.9 * alone[late]
     assert oldest.deadline < late.deadline
     assert first_to_run(2) == [(oldest, True)] * 2
+    # each safe alone (4 times its own time), but the later deadline is nearer than 3 times
+    # the work due before it: the earlier deadline leads
+    alone = {seq: engine.remaining_cost(seq) * scheduler.seconds_per_token for seq in (oldest, late)}
+    now = time.monotonic()
+    oldest.deadline, late.deadline = now + 4 * alone[oldest], now + 4 * max(alone.values())
+    assert late.deadline - now < 3 * sum(alone.values())
+    assert first_to_run(2) == [(oldest, True)] * 2
     # alone it would need twice the time left: it cannot make it and does not take the lead
-    oldest.deadline = None
+    oldest.deadline, late.deadline = None, time.monotonic() + 100
     scheduler.seconds_per_token = 100 / (0.5 * engine.remaining_cost(late))
     hopeless = first_to_run(4)
     assert (oldest, False) in hopeless and not any(lead for _, lead in hopeless)

@@ -44,7 +44,7 @@ class StepStats:
     live_rows: int
     live_series: int
     chunk_tokens: int       # model-token equivalents of chunked work run
-    deadline_lead: bool     # a series near its deadline led this step
+    urgent: bool            # a series near its deadline ran first after the short lane
     admitted: list[Sequence]
     completed: list[Sequence]
     failed: int
@@ -164,7 +164,7 @@ class Engine:
         stats = StepStats(seconds=time.perf_counter() - started, decoded_rows=decoded_rows,
                           decoded_series=len(decoding), live_rows=sum(s.paths for s in self.live),
                           live_series=len(self.live), chunk_tokens=spent,
-                          deadline_lead=plan.deadline_lead,
+                          urgent=plan.urgent is not None,
                           admitted=plan.admit, completed=completed, failed=failed,
                           waiting=self.waiting)
         if self.on_step:

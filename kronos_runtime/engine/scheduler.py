@@ -22,11 +22,14 @@ starved of decode steps). Around that, the scheduler
 - lets the oldest series outside the short lane lead every other step: it runs one chunk
   before everyone (or, once it has been in the engine ``starvation_s``, up to ``step_tokens``),
   so the biggest work, which the response ratio puts last, always progresses;
-- but first keeps deadlines: a series outside the short lane whose deadline is nearer than
-  ``deadline_lead`` times its estimated remaining time alone (what is left of its cost, at the
-  measured seconds per chunked token), and that can still make it, leads every step with
-  ``step_tokens``, earliest deadline first, so accepted big work finishes before it would time
-  out. One that could not make it even alone does not take the lead from the others.
+- but first keeps deadlines (earliest deadline first, as soon as it matters): take the series
+  outside the short lane that have a deadline, earliest first, and for each the time its work
+  and the work of those before it would take alone (what is left of their cost, at the measured
+  seconds per chunked token). Once some deadline is nearer than ``deadline_margin`` times that
+  time, the earliest deadline is *urgent*: every step its chunks run right after the short lane's,
+  ahead of all other big work (and of the oldest series' lead), so accepted big work finishes
+  before it would time out while short requests stay fast. A series that could not make it even
+  alone is left out: it is never urgent and does not count.
 
 The bound on one step: one decode position per live row plus at most ``step_tokens`` chunked
 tokens (a single chunk is at most ``chunk_tokens`` positions, or a bounded tokenizer call).
@@ -54,7 +57,7 @@ class EngineLimits:
     short_step_tokens: int = 192
     starvation_s: float = 30.0
     background_share: float = 0.75
-    deadline_lead: float = 3.0  # lead every step once the deadline is this many remaining-times away
+    deadline_margin: float = 3.0  # urgent once the deadline is nearer than this times the work due
     request_level: bool = False  # the old batcher, for comparison: admit only when idle
 
     def __post_init__(self) -> None:
@@ -63,8 +66,8 @@ class EngineLimits:
             raise ValueError("engine limits must be at least 1")
         if not 0 < self.background_share <= 1:
             raise ValueError("background_share must be in (0, 1]")
-        if self.deadline_lead < 1:
-            raise ValueError("deadline_lead must be at least 1")
+        if self.deadline_margin < 1:
+            raise ValueError("deadline_margin must be at least 1")
 
 
 # series admitted this step (still WAITING while planned) encode in this very step
@@ -78,7 +81,7 @@ class StepPlan:
     budget: float = 0.0  # model-token equivalents of chunked work this step
     leader: Sequence | None = None  # runs up to lead_budget before everyone else
     lead_budget: float = 0.0
-    deadline_lead: bool = False  # the leader leads because its deadline is near
+    urgent: Sequence | None = None  # near its deadline: first after the short lane, every step
 
 
 class Scheduler:
@@ -105,13 +108,21 @@ class Scheduler:
         self.seconds_per_token = (rate if not self.seconds_per_token else
                                   self.seconds_per_token + self.SPEED_WEIGHT * (rate - self.seconds_per_token))
 
-    def at_risk(self, seq: Sequence, now: float) -> bool:
-        """Its deadline is nearer than ``deadline_lead`` times its remaining time alone, and not
-        nearer than that time itself (then it cannot make it: leading would only slow others)."""
-        if seq.deadline is None or not self.seconds_per_token:
-            return False
-        alone = self.remaining(seq) * self.seconds_per_token
-        return alone <= seq.deadline - now < self.limits.deadline_lead * alone
+    def urgent(self, big: list[Sequence], now: float) -> Sequence | None:
+        """The earliest deadline among ``big`` once some deadline is at risk: nearer than
+        ``deadline_margin`` times the time alone of its own work and of all earlier deadlines'.
+        Series that could not make it even alone are left out."""
+        if not self.seconds_per_token:
+            return None
+        feasible, ahead, at_risk = [], 0.0, False
+        for seq in sorted((s for s in big if s.deadline is not None), key=lambda s: (s.deadline, s.id)):
+            alone, left = self.remaining(seq) * self.seconds_per_token, seq.deadline - now
+            if alone > left:
+                continue
+            feasible.append(seq)
+            ahead += alone
+            at_risk = at_risk or left < self.limits.deadline_margin * ahead
+        return feasible[0] if at_risk else None
 
     def order(self, seq: Sequence, now: float) -> tuple:
         return (seq.effective_priority(now, self.limits.starvation_s), seq.submitted, seq.id)
@@ -124,10 +135,10 @@ class Scheduler:
         self._chunks(plan, live + plan.admit, now)
         plan.budget = self.budget(live + plan.admit, now)
         big = [seq for seq in plan.chunks if not self.small_lane(seq)]
-        urgent = [seq for seq in big if self.at_risk(seq, now)]
-        if urgent:
-            plan.leader = min(urgent, key=lambda seq: (seq.deadline, seq.id))
-            plan.lead_budget, plan.deadline_lead = float(self.limits.step_tokens), True
+        plan.urgent = self.urgent(big, now)
+        if plan.urgent is not None:
+            small = [seq for seq in plan.chunks if self.small_lane(seq)]
+            plan.chunks = small + [plan.urgent] + [seq for seq in big if seq is not plan.urgent]
         else:
             plan.leader = min(big, key=lambda seq: (seq.submitted, seq.id)) if big else None
             plan.lead_budget = self.lead_budget(plan.leader, now)
