@@ -28,8 +28,9 @@ starved of decode steps). Around that, the scheduler
   seconds per chunked token). Once some deadline is nearer than ``deadline_margin`` times that
   time, the earliest deadline is *urgent*: every step its chunks run right after the short lane's,
   ahead of all other big work (and of the oldest series' lead), so accepted big work finishes
-  before it would time out while short requests stay fast. A series that could not make it even
-  alone is left out: it is never urgent and does not count.
+  before it would time out while short requests stay fast. Once urgent, a series stays urgent
+  until it is answered (it would otherwise hover at the margin and finish just at its deadline).
+  A series that could not make it even alone is left out: it is never urgent and does not count.
 
 The bound on one step: one decode position per live row plus at most ``step_tokens`` chunked
 tokens (a single chunk is at most ``chunk_tokens`` positions, or a bounded tokenizer call).
@@ -57,7 +58,7 @@ class EngineLimits:
     short_step_tokens: int = 192
     starvation_s: float = 30.0
     background_share: float = 0.75
-    deadline_margin: float = 3.0  # urgent once the deadline is nearer than this times the work due
+    deadline_margin: float = 2.0  # urgent once the deadline is nearer than this times the work due
     request_level: bool = False  # the old batcher, for comparison: admit only when idle
 
     def __post_init__(self) -> None:
@@ -99,6 +100,7 @@ class Scheduler:
         self.waiting: list[Sequence] = []
         self.plans = 0
         self.seconds_per_token = 0.0  # nothing measured yet: no deadline is judged at risk
+        self.urgent_ids: set[int] = set()  # series that have been urgent (they stay urgent)
 
     def observe(self, tokens: float, seconds: float) -> None:
         """One step ran ``tokens`` model-token equivalents of chunked work in ``seconds``."""
@@ -111,7 +113,7 @@ class Scheduler:
     def urgent(self, big: list[Sequence], now: float) -> Sequence | None:
         """The earliest deadline among ``big`` once some deadline is at risk: nearer than
         ``deadline_margin`` times the time alone of its own work and of all earlier deadlines'.
-        Series that could not make it even alone are left out."""
+        Series that could not make it even alone are left out; one that was urgent stays so."""
         if not self.seconds_per_token:
             return None
         feasible, ahead, at_risk = [], 0.0, False
@@ -121,8 +123,11 @@ class Scheduler:
                 continue
             feasible.append(seq)
             ahead += alone
-            at_risk = at_risk or left < self.limits.deadline_margin * ahead
-        return feasible[0] if at_risk else None
+            at_risk = at_risk or seq.id in self.urgent_ids or left < self.limits.deadline_margin * ahead
+        if not at_risk:
+            return None
+        self.urgent_ids.add(feasible[0].id)
+        return feasible[0]
 
     def order(self, seq: Sequence, now: float) -> tuple:
         return (seq.effective_priority(now, self.limits.starvation_s), seq.submitted, seq.id)
@@ -130,6 +135,7 @@ class Scheduler:
     def plan(self, live: list[Sequence], now: float | None = None) -> StepPlan:
         """This step's admissions, chunk order and budgets."""
         now = time.monotonic() if now is None else now
+        self.urgent_ids.intersection_update(seq.id for seq in live)
         plan = StepPlan()
         self._admit(plan, live, now)
         self._chunks(plan, live + plan.admit, now)
