@@ -28,9 +28,9 @@ starved of decode steps). Around that, the scheduler
   seconds per chunked token). Once some deadline is nearer than ``deadline_margin`` times that
   time, the earliest deadline is *urgent*: every step its chunks run right after the short lane's,
   ahead of all other big work (and of the oldest series' lead), so accepted big work finishes
-  before it would time out while short requests stay fast. Once urgent, a series stays urgent
-  until it is answered (it would otherwise hover at the margin and finish just at its deadline).
-  A series that could not make it even alone is left out: it is never urgent and does not count.
+  before it would time out while short requests stay fast. ``deadline_slack_s`` is added to the
+  margin: a series at the edge finishes that much before its deadline, not just at it. A
+  series that could not make it even alone is left out: it is never urgent and does not count.
 
 The bound on one step: one decode position per live row plus at most ``step_tokens`` chunked
 tokens (a single chunk is at most ``chunk_tokens`` positions, or a bounded tokenizer call).
@@ -58,7 +58,8 @@ class EngineLimits:
     short_step_tokens: int = 192
     starvation_s: float = 30.0
     background_share: float = 0.75
-    deadline_margin: float = 2.0  # urgent once the deadline is nearer than this times the work due
+    deadline_margin: float = 1.5  # urgent once the deadline is nearer than this times the work due
+    deadline_slack_s: float = 10.0  # ... plus this many seconds
     request_level: bool = False  # the old batcher, for comparison: admit only when idle
 
     def __post_init__(self) -> None:
@@ -67,8 +68,8 @@ class EngineLimits:
             raise ValueError("engine limits must be at least 1")
         if not 0 < self.background_share <= 1:
             raise ValueError("background_share must be in (0, 1]")
-        if self.deadline_margin < 1:
-            raise ValueError("deadline_margin must be at least 1")
+        if self.deadline_margin < 1 or self.deadline_slack_s < 0:
+            raise ValueError("deadline_margin must be at least 1 and deadline_slack_s not negative")
 
 
 # series admitted this step (still WAITING while planned) encode in this very step
@@ -100,7 +101,6 @@ class Scheduler:
         self.waiting: list[Sequence] = []
         self.plans = 0
         self.seconds_per_token = 0.0  # nothing measured yet: no deadline is judged at risk
-        self.urgent_ids: set[int] = set()  # series that have been urgent (they stay urgent)
 
     def observe(self, tokens: float, seconds: float) -> None:
         """One step ran ``tokens`` model-token equivalents of chunked work in ``seconds``."""
@@ -112,8 +112,9 @@ class Scheduler:
 
     def urgent(self, big: list[Sequence], now: float) -> Sequence | None:
         """The earliest deadline among ``big`` once some deadline is at risk: nearer than
-        ``deadline_margin`` times the time alone of its own work and of all earlier deadlines'.
-        Series that could not make it even alone are left out; one that was urgent stays so."""
+        ``deadline_margin`` times the time alone of its own work and of all earlier deadlines'
+        (plus ``deadline_slack_s``).
+        Series that could not make it even alone are left out."""
         if not self.seconds_per_token:
             return None
         feasible, ahead, at_risk = [], 0.0, False
@@ -123,11 +124,8 @@ class Scheduler:
                 continue
             feasible.append(seq)
             ahead += alone
-            at_risk = at_risk or seq.id in self.urgent_ids or left < self.limits.deadline_margin * ahead
-        if not at_risk:
-            return None
-        self.urgent_ids.add(feasible[0].id)
-        return feasible[0]
+            at_risk = at_risk or left < self.limits.deadline_margin * ahead + self.limits.deadline_slack_s
+        return feasible[0] if at_risk else None
 
     def order(self, seq: Sequence, now: float) -> tuple:
         return (seq.effective_priority(now, self.limits.starvation_s), seq.submitted, seq.id)
@@ -135,7 +133,6 @@ class Scheduler:
     def plan(self, live: list[Sequence], now: float | None = None) -> StepPlan:
         """This step's admissions, chunk order and budgets."""
         now = time.monotonic() if now is None else now
-        self.urgent_ids.intersection_update(seq.id for seq in live)
         plan = StepPlan()
         self._admit(plan, live, now)
         self._chunks(plan, live + plan.admit, now)
