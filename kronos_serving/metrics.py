@@ -90,9 +90,9 @@ class Metrics:
 
     @cached_property
     def urgent_steps(self):
-        return bentoml.metrics.Counter(name="kronos_engine_urgent_steps",
-                                       documentation="Engine steps with a series near its deadline first after the short lane",
-                                       labelnames=["model_version"])
+        return bentoml.metrics.Counter(
+            name="kronos_engine_urgent_steps", labelnames=["model_version"],
+            documentation="Engine steps that ran a series near its deadline first after the short lane")
 
     @cached_property
     def queued_series(self):

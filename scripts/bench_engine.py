@@ -131,6 +131,7 @@ def engine_metrics(url: str) -> dict:
     steps = total("kronos_engine_step_seconds_count")
     return {"steps": steps, "step_seconds": total("kronos_engine_step_seconds_sum"),
             "rows_sum": total("kronos_engine_live_rows_sum"),
+            "urgent_steps": total("kronos_engine_urgent_steps_total"),
             "worst_step_s": max([float(v) for v in re.findall(
                 r"^kronos_engine_worst_step_seconds(?:{[^}]*})? ([0-9.e+-]+)$", text, re.M)] or [0])}
 
@@ -140,7 +141,8 @@ def delta(before: dict, after: dict) -> dict:
     return {"steps": int(steps),
             "rows_per_step": round((after["rows_sum"] - before["rows_sum"]) / steps, 1) if steps else 0,
             "mean_step_ms": round(1000 * (after["step_seconds"] - before["step_seconds"]) / steps, 1)
-            if steps else 0, "worst_step_s_so_far": round(after["worst_step_s"], 3)}
+            if steps else 0, "worst_step_s_so_far": round(after["worst_step_s"], 3),
+            "urgent_steps": int(after["urgent_steps"] - before["urgent_steps"])}
 
 
 def source_before(out: Path) -> Path:

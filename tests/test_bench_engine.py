@@ -51,8 +51,20 @@ def test_a_short_run_compares_the_engine_with_the_batcher_before_it(tmp_path):
         assert all(20 <= a["rows"] <= 500 and 1 <= a["pred_len"] <= 120 for a in answers)
     # the engine reports its steps; the old batcher has no engine, and ran from its own tree
     assert continuous["mixed"]["engine"]["steps"] > 0 and "engine" not in before["mixed"]
+    assert continuous["mixed"]["engine"]["urgent_steps"] >= 0  # read from the server's metrics
     old_tree = out / f"before-{BEFORE_COMMIT}"
     assert not (old_tree / "kronos_runtime" / "engine" / "engine.py").exists()
     assert (old_tree / "kronos_runtime" / "generation.py").is_file()
     assert "Starting production HTTP BentoServer" in (out / "server-before.log").read_text()
     assert (out / "bench_engine.png").stat().st_size > 10_000
+
+
+def test_the_recompute_chunk_benchmark_times_every_chunk_and_series_count():
+    done = subprocess.run(
+        [sys.executable, "scripts/bench_recompute_chunks.py", "--shape", "tiny", "--window", "32",
+         "--chunks", "8", "32", "--series", "1", "2", "--repeats", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert [(row[1], row[3]) for row in rows] == [("8", "1"), ("8", "2"), ("32", "1"), ("32", "2")]
+    assert all(float(row[4]) > 0 for row in rows)

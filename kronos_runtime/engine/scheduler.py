@@ -107,14 +107,13 @@ class Scheduler:
         if tokens <= 0:
             return
         rate = seconds / tokens
-        self.seconds_per_token = (rate if not self.seconds_per_token else
-                                  self.seconds_per_token + self.SPEED_WEIGHT * (rate - self.seconds_per_token))
+        previous = self.seconds_per_token
+        self.seconds_per_token = rate if not previous else previous + self.SPEED_WEIGHT * (rate - previous)
 
     def urgent(self, big: list[Sequence], now: float) -> Sequence | None:
         """The earliest deadline among ``big`` once some deadline is at risk: nearer than
         ``deadline_margin`` times the time alone of its own work and of all earlier deadlines'
-        (plus ``deadline_slack_s``).
-        Series that could not make it even alone are left out."""
+        (plus ``deadline_slack_s``). Series that could not make it even alone are left out."""
         if not self.seconds_per_token:
             return None
         feasible, ahead, at_risk = [], 0.0, False
@@ -124,7 +123,8 @@ class Scheduler:
                 continue
             feasible.append(seq)
             ahead += alone
-            at_risk = at_risk or left < self.limits.deadline_margin * ahead + self.limits.deadline_slack_s
+            due = self.limits.deadline_margin * ahead + self.limits.deadline_slack_s
+            at_risk = at_risk or left < due
         return feasible[0] if at_risk else None
 
     def order(self, seq: Sequence, now: float) -> tuple:
