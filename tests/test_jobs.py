@@ -146,7 +146,7 @@ def test_a_key_sees_only_its_own_jobs_and_records(server):
 
 
 def test_cancel_a_running_job(server):
-    slow = series(64, 4, pred_len=200, sample_count=32)  # seconds of engine work
+    slow = series(400, 4, pred_len=200, sample_count=32)  # its window slides: many seconds of engine work
     job_id = submit(server, slow).json()["job_id"]
     assert wait_job(server, job_id, until=("running",) + FINISHED)["status"] == "running"
     canceled = httpx.delete(f"{server.url}/v1/jobs/{job_id}", headers=ONE)
