@@ -180,7 +180,8 @@ class KronosService(declared_models(SETTINGS)):
             try:
                 results, cached = await while_connected(
                     self.cache.run(self.runner, bodies, request_id, batch, route=route,
-                                   key_id=caller_key_id(ctx.request.scope) or ""),
+                                   key_id=caller_key_id(ctx.request.scope) or "",
+                                   deadline=time.monotonic() + self.settings.timeout_s),
                     ctx.request, self.settings.timeout_s)
                 if cached != "bypass":
                     ctx.response.headers["X-Cache"] = cached

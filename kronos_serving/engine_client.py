@@ -37,11 +37,12 @@ class EngineClient:
 
     async def submit(self, items: Sequence[tuple[ForecastRequest, PreparedSeries]],
                      priority: Priority = Priority.INTERACTIVE,
-                     deadline_s: float | None = None) -> list[ForecastResult]:
-        """Queue validated series (all or none) at ``priority`` and wait for their forecasts."""
+                     deadline: float | None = None) -> list[ForecastResult]:
+        """Queue validated series (all or none) at ``priority`` and wait for their forecasts;
+        past ``deadline`` (``time.monotonic()``) they fail with ``TimeoutError``, and the engine
+        schedules them to finish before it."""
         if self.engine.waiting + len(items) > self.max_queue:
             raise QueueFull(f"queue holds {self.engine.waiting} series (limit {self.max_queue})")
-        deadline = time.monotonic() + deadline_s if deadline_s else None
         trace_context = otel_context.get_current()
         futures = [self.engine.submit(request, prepared, priority, deadline)
                    for request, prepared in items]

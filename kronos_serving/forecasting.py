@@ -91,15 +91,17 @@ class ForecastRunner:
 
     async def run(self, bodies: list[SingleRequest], request_id: str, index_errors: bool,
                   priority: Priority = Priority.INTERACTIVE, route: str = "",
-                  key_id: str = "") -> list[dict[str, Any]]:
-        """Validate every body, forecast them at ``priority``; response bodies in input order.
+                  key_id: str = "", deadline: float | None = None) -> list[dict[str, Any]]:
+        """Validate every body, forecast them at ``priority`` (before ``deadline``, a
+        ``time.monotonic()``, when given); response bodies in input order.
 
         Every call, failed ones included, is handed to ``recorder`` with ``route`` and ``key_id``
         (status 499 when the caller canceled it: a timeout or a canceled job)."""
         started = time.perf_counter()
         results, status, error = None, 500, None
         try:
-            results = await self._forecast(bodies, request_id, index_errors, priority, key_id)
+            results = await self._forecast(bodies, request_id, index_errors, priority, key_id,
+                                           deadline)
             status = 200
             return results
         except RequestFailed as exc:
@@ -140,7 +142,8 @@ class ForecastRunner:
                                     "cost_budget_per_minute", retry_after=wait)
 
     async def _forecast(self, bodies: list[SingleRequest], request_id: str, index_errors: bool,
-                        priority: Priority, key_id: str = "") -> list[dict[str, Any]]:
+                        priority: Priority, key_id: str = "", deadline: float | None = None
+                        ) -> list[dict[str, Any]]:
         if sum(len(body.data) for body in bodies) > OFF_LOOP_ROWS:  # keep the event loop free
             prepared = await asyncio.to_thread(self.prepare, bodies, index_errors)
         else:
@@ -154,7 +157,7 @@ class ForecastRunner:
             variant = prepared[indices[0]][0]
             try:
                 outputs = await variant.engine.submit([prepared[i][1:] for i in indices],
-                                                      priority=priority)
+                                                      priority=priority, deadline=deadline)
             except QueueFull as exc:
                 METRICS.queue_full.labels(model_version=variant.version).inc()
                 raise RequestFailed(503, f"overloaded: {exc}", retry_after=1) from exc

@@ -2,6 +2,7 @@
 and the same seeded request gives the same numbers whatever else shares the engine."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -97,11 +98,13 @@ def test_the_same_seeded_request_gives_identical_numbers_under_concurrent_traffi
     assert together["quantiles"] == alone["quantiles"]
 
 
-def queued_series(server) -> float:
-    import re
+def metric(server, name: str) -> float:
     text = httpx.get(server.url + "/v1/metrics", timeout=10).text
-    return sum(float(v) for v in re.findall(r"^kronos_queued_series(?:{[^}]*})? ([0-9.e+-]+)$",
-                                            text, re.M))
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
+
+
+def queued_series(server) -> float:
+    return metric(server, "kronos_queued_series")
 
 
 def test_a_client_that_leaves_stops_costing_at_once(server):
@@ -113,3 +116,20 @@ def test_a_client_that_leaves_stops_costing_at_once(server):
     while queued_series(server) and time.time() < deadline:
         time.sleep(0.2)
     assert queued_series(server) == 0  # its 8 paths x 500 steps are no longer running
+
+
+def test_a_sync_request_gives_the_engine_its_timeout_as_a_deadline(tmp_path):
+    """Two big exact-mode requests at once under a 20 s timeout: together they need more than
+    the time left with the scheduler's margin, so the engine makes the earlier one urgent (it
+    can only know that from the deadline the route passes down). Each is answered or gets 504."""
+    home = tmp_path / "home"
+    tag = import_dev_model(home, "kronos-tiny", seed=9)
+    env = {"KRONOS_MODEL": tag, "KRONOS_TIMEOUT_S": "20", "KRONOS_CACHE_MAX_ENTRIES": "0"}
+    with running_server(home, env, tmp_path / "server.log") as srv:
+        big = [body(500, 120, 8, seed=seed) for seed in (1, 2)]
+        assert series_cost(500, 120, 8, 512, True) > 100_000  # seconds of work each, here
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda b: httpx.post(srv.url + "/v1/predict/single", json=b,
+                                                         timeout=60), big))
+        assert {a.status_code for a in answers} <= {200, 504}, [a.text[:200] for a in answers]
+        assert metric(srv, "kronos_engine_urgent_steps_total") > 0
