@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -108,3 +109,9 @@ def readiness_after_loading(server: Server, tries: int = 100) -> httpx.Response:
             break
         time.sleep(0.2)
     return ready
+
+
+def metric_total(server: Server, name: str) -> float:
+    """Sum of the ``name`` samples (every label set) on the server's ``/v1/metrics``."""
+    text = httpx.get(server.url + "/v1/metrics", timeout=10).text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M))

@@ -2,7 +2,6 @@
 and the same seeded request gives the same numbers whatever else shares the engine."""
 from __future__ import annotations
 
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ import pytest
 
 from conftest import make_candles
 from kronos_runtime.engine import series_cost
-from local_server import import_dev_model, running_server
+from local_server import import_dev_model, metric_total, running_server
 
 MAX_COST = 150_000
 BUDGET = 250_000
@@ -98,13 +97,8 @@ def test_the_same_seeded_request_gives_identical_numbers_under_concurrent_traffi
     assert together["quantiles"] == alone["quantiles"]
 
 
-def metric(server, name: str) -> float:
-    text = httpx.get(server.url + "/v1/metrics", timeout=10).text
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
-
-
 def queued_series(server) -> float:
-    return metric(server, "kronos_queued_series")
+    return metric_total(server, "kronos_queued_series")
 
 
 def test_a_client_that_leaves_stops_costing_at_once(server):
@@ -132,4 +126,4 @@ def test_a_sync_request_gives_the_engine_its_timeout_as_a_deadline(tmp_path):
             answers = list(pool.map(lambda b: httpx.post(srv.url + "/v1/predict/single", json=b,
                                                          timeout=60), big))
         assert {a.status_code for a in answers} <= {200, 504}, [a.text[:200] for a in answers]
-        assert metric(srv, "kronos_engine_urgent_steps_total") > 0
+        assert metric_total(srv, "kronos_engine_urgent_steps_total") > 0

@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from conftest import score_one_outcome
 from local_server import import_dev_model, running_server
+from local_server import metric_total as scrape
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
@@ -71,11 +72,6 @@ def body_with_sentinels(pred_len=3):
     rows += [[100.0 + i, 101.0 + i, 99.0 + i, 100.5 + i] for i in range(20)]
     stamps = [f"2024-05-01T10:{i:02d}:00" for i in range(21)]
     return {"data": rows, "timestamps": stamps, "pred_len": pred_len}
-
-
-def scrape(server, name):
-    text = httpx.get(server.url + "/v1/metrics").text
-    return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.MULTILINE))
 
 
 def test_ready_means_every_worker_loaded(server):
