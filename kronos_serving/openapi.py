@@ -3,7 +3,8 @@
 BentoML describes our forecast routes with an untyped object answer and its own generic errors.
 This ASGI middleware rewrites the document: typed success bodies (``SingleResponse``,
 ``BatchResponse``), the error bodies the service really sends (400, 401, 413, 415, 429, 500, 503,
-504), request examples Swagger UI offers in a drop-down, and the ``/v1`` health routes.
+504), request examples Swagger UI offers in a drop-down, the ``/v1`` health routes, and nulls in
+OpenAPI 3.0 terms (``nullable``: the optional fields accept null).
 """
 from __future__ import annotations
 
@@ -57,6 +58,28 @@ def schemas_of(*models: type[BaseModel]) -> dict[str, Any]:
     return components
 
 
+def nullable(node: Any) -> Any:
+    """OpenAPI 3.0 spelling of JSON null: ``anyOf: [X, {type: null}]`` (pydantic) becomes X with
+    ``nullable: true``, and an optional property whose default is null (BentoML drops the null
+    from its inline request bodies) is marked ``nullable``: the routes accept null for them."""
+    if isinstance(node, list):
+        return [nullable(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: nullable(value) for key, value in node.items()}
+    options = node.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        rest = [option for option in options if option != {"type": "null"}]
+        node.pop("anyOf")
+        node.update(rest[0] if len(rest) == 1 else {"anyOf": rest})
+        node["nullable"] = True
+    required = set(node.get("required", []))
+    for name, prop in (node.get("properties") or {}).items():
+        if isinstance(prop, dict) and name not in required and "default" in prop and prop["default"] is None:
+            prop["nullable"] = True
+    return node
+
+
 def json_response(description: str, model: str) -> dict[str, Any]:
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": REF.format(model=model)}}}}
@@ -79,10 +102,13 @@ def complete(document: dict[str, Any], secured: bool = False) -> dict[str, Any]:
         operation["requestBody"]["content"]["application/json"]["examples"] = examples
         if secured:
             operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+        body = operation["requestBody"]["content"]["application/json"]
+        body["schema"] = nullable(body["schema"])
     for path, (description, answers) in HEALTH_ROUTES.items():
         document["paths"][path] = {"get": {
             "tags": ["Health"], "description": description, "operationId": path.strip("/").replace("/", "_"),
             "responses": {str(code): {"description": text} for code, text in answers.items()}}}
+    document["components"]["schemas"] = nullable(document["components"]["schemas"])
     return document
 
 

@@ -1,6 +1,8 @@
 """OpenAPI: Swagger UI at /, typed answers, documented errors, working examples, /v1 health routes."""
 from __future__ import annotations
 
+import json
+
 import httpx
 import jsonschema
 import pytest
@@ -26,9 +28,39 @@ def document(server):
     return response.json()
 
 
+def json_schema(node):
+    """OpenAPI 3.0's ``nullable: true`` in JSON Schema terms (jsonschema ignores ``nullable``)."""
+    if isinstance(node, list):
+        return [json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: json_schema(value) for key, value in node.items()}
+    if node.pop("nullable", False):
+        return {"anyOf": [node, {"type": "null"}]}
+    return node
+
+
 def resolve(document: dict, schema: dict) -> dict:
     """The schema with every #/components/schemas reference resolvable (for jsonschema)."""
-    return {**schema, "components": document["components"]}
+    return json_schema({**schema, "components": document["components"]})
+
+
+def test_optional_fields_are_nullable_in_openapi_3_0_terms_and_null_is_accepted(server, document):
+    assert document["openapi"].startswith("3.0")
+    assert '{"type": "null"}' not in json.dumps(document)  # not a 3.0 type
+    single = document["paths"]["/v1/predict/single"]["post"]["requestBody"]["content"]["application/json"]
+    properties = single["schema"]["properties"]
+    for name in ("timestamps", "future_timestamps", "pred_len", "quantiles", "seed"):
+        assert properties[name]["nullable"] is True, name
+    assert "nullable" not in properties["data"]  # required
+    component = document["components"]["schemas"]["SingleRequest"]["properties"]
+    assert component["timestamps"] == {**component["timestamps"], "type": "array", "nullable": True}
+    assert document["components"]["schemas"]["ErrorBody"]["properties"]["field"]["nullable"] is True
+    body = {"data": [[1, 2, 0.5, 1.5]] * 3, "timestamps": None, "future_timestamps": None, "pred_len": None}
+    headers = {"Authorization": "Bearer secret-key"}
+    for path, payload in (("/v1/predict/single", body), ("/v1/predict/batch", {"batch": [body]})):
+        response = httpx.post(server.url + path, json=payload, headers=headers, timeout=60)
+        assert response.status_code == 200, response.text
 
 
 def test_swagger_ui_is_served_at_the_root_and_loads_the_document(server):
