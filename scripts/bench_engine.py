@@ -13,7 +13,10 @@ Scenarios:
 - ``throughput``: 32 clients of 400x120 requests: forecasts per second;
 - ``mixed``: 16 clients of mixed shapes (20-500 rows, horizons 1-120, 1-8 paths, some quantiles;
   ``--mix`` picks how they are drawn):
-  p50/p95 of short (horizon <= 16) and long requests, throughput.
+  p50/p95 of short (horizon <= 16) and long requests, throughput;
+- ``open``: the same shapes arriving open-loop, a Poisson process of ``--rate`` requests per
+  second whatever the server's answers (production traffic: a slow answer does not slow the
+  next arrivals, as it does for the closed-loop clients of ``mixed``).
 
 For each it reads the server's engine metrics: rows per step and the worst step time.
 Writes JSON, a markdown table and a plot:
@@ -94,6 +97,41 @@ async def clients(url: str, bodies, count: int, duration: float, drain: float) -
     async with httpx.AsyncClient(timeout=duration + drain, limits=limits) as http:
         tasks = [asyncio.create_task(client(i, http)) for i in range(count)]
         await asyncio.wait(tasks, timeout=duration + drain)
+        for task in tasks:
+            task.cancel()
+    ended = time.perf_counter()
+    return answers + [(body, ended - begin, UNANSWERED) for body, begin in in_flight.values()]
+
+
+async def open_loop(url: str, bodies, rate: float, duration: float, drain: float,
+                    seed: int = 11) -> list[tuple[dict, float, int]]:
+    """Requests arriving as a Poisson process of ``rate`` per second for ``duration`` s (at most
+    ``1.5 * rate * duration`` of them), each sent at its arrival; (body, latency, status) per
+    answer, unanswered ones as in :func:`clients`."""
+    arrivals = random.Random(seed)
+    answers: list[tuple[dict, float, int]] = []
+    in_flight: dict[int, tuple[dict, float]] = {}
+    cap = int(1.5 * rate * duration) + 1
+
+    async def send(index: int, body: dict, http: httpx.AsyncClient) -> None:
+        begin = time.perf_counter()
+        in_flight[index] = (body, begin)
+        try:
+            status = (await http.post(url + "/v1/predict/single", json=body)).status_code
+        except httpx.HTTPError:
+            status = 0
+        del in_flight[index]
+        answers.append((body, time.perf_counter() - begin, status))
+
+    limits = httpx.Limits(max_connections=cap + 4)
+    async with httpx.AsyncClient(timeout=duration + drain, limits=limits) as http:
+        tasks, started = [], time.perf_counter()
+        next_at = arrivals.expovariate(rate)
+        while next_at < duration and len(tasks) < cap:
+            await asyncio.sleep(max(0.0, started + next_at - time.perf_counter()))
+            tasks.append(asyncio.create_task(send(len(tasks), bodies(len(tasks)), http)))
+            next_at += arrivals.expovariate(rate)
+        await asyncio.wait(tasks, timeout=max(0.001, started + duration + drain - time.perf_counter()))
         for task in tasks:
             task.cancel()
     ended = time.perf_counter()
@@ -188,8 +226,12 @@ def run_mode(mode: str, home: Path, model: str, args: argparse.Namespace, out: P
                 result = {"all": percentiles(latencies(answers))}
             else:
                 rng = random.Random(7)
-                answers = asyncio.run(clients(url, lambda i: mixed_body(rng, args.mix), 16,
-                                              args.duration, args.drain))
+                if scenario == "open":
+                    answers = asyncio.run(open_loop(url, lambda i: mixed_body(rng, args.mix), args.rate,
+                                                    args.duration, args.drain))
+                else:
+                    answers = asyncio.run(clients(url, lambda i: mixed_body(rng, args.mix), 16,
+                                                  args.duration, args.drain))
                 result = {"all": percentiles(latencies(answers)),
                           "short": percentiles(latencies(answers, lambda b: b["pred_len"] <= 16)),
                           "long": percentiles(latencies(answers, lambda b: b["pred_len"] > 16))}
@@ -199,6 +241,8 @@ def run_mode(mode: str, home: Path, model: str, args: argparse.Namespace, out: P
             result["timeouts"] = sum(1 for *_, s in answers if s == 504)  # past timeout_s (300 s)
             result["unfinished"] = sum(1 for *_, s in answers if s == UNANSWERED)
             result["throughput_per_s"] = round(sum(1 for *_, s in answers if s == 200) / seconds, 3)
+            if scenario == "open":
+                result["offered_per_s"] = round(len(answers) / args.duration, 3)
             if metrics_at_start is not None:
                 result["engine"] = delta(metrics_at_start, engine_metrics(url))
             report[scenario] = result
@@ -213,7 +257,9 @@ def plot(reports: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [("interference", "short", "short 64x8 beside 400x120x4"),
-            ("mixed", "short", "mixed soak: short"), ("mixed", "long", "mixed soak: long")]
+            ("mixed", "short", "mixed soak: short"), ("mixed", "long", "mixed soak: long"),
+            ("open", "all", "open-loop mix: all")]
+    rows = [row for row in rows if any(row[0] in report for report in reports)]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / len(reports)
     offsets = [width * (i - (len(reports) - 1) / 2) for i in range(len(reports))]
@@ -240,11 +286,13 @@ def plot(reports: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", nargs="+", default=["interference", "throughput", "mixed"],
-                        choices=["interference", "throughput", "mixed"])
+                        choices=["interference", "throughput", "mixed", "open"])
     parser.add_argument("--modes", nargs="+", default=["continuous", "request", "before"],
                         choices=["continuous", "request", "before"])
     parser.add_argument("--mix", default="skewed", choices=["skewed", "uniform"],
                         help="the mixed soak's shapes (see mixed_shape)")
+    parser.add_argument("--rate", type=float, default=0.5,
+                        help="requests per second of the open scenario (Poisson arrivals)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per scenario")
     parser.add_argument("--idle", type=float, default=8.0, help="seconds of the idle short baseline")
     parser.add_argument("--drain", type=float, default=180.0)

@@ -32,8 +32,8 @@ def test_the_mixes_draw_the_issue_ranges():
 def test_a_short_run_compares_the_engine_with_the_batcher_before_it(tmp_path):
     out = tmp_path / "engine"
     done = subprocess.run(
-        [sys.executable, "scripts/bench_engine.py", "--scenarios", "mixed", "--modes", "continuous",
-         "before", "--mix", "uniform", "--duration", "3", "--idle", "1", "--drain", "60",
+        [sys.executable, "scripts/bench_engine.py", "--scenarios", "mixed", "open", "--modes",
+         "continuous", "before", "--mix", "uniform", "--rate", "2", "--duration", "3", "--idle", "1", "--drain", "60",
          "--dev-shape", "tiny", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "BENTOML_HOME": str(tmp_path / "home")})
@@ -49,6 +49,11 @@ def test_a_short_run_compares_the_engine_with_the_batcher_before_it(tmp_path):
         answers = [json.loads(line) for line in lines]
         assert len(answers) == mixed["all"]["n"] and {a["status"] for a in answers} == {200}
         assert all(20 <= a["rows"] <= 500 and 1 <= a["pred_len"] <= 120 for a in answers)
+        # open loop: Poisson arrivals at --rate whatever the answers (3 s at 2/s: a few requests)
+        arrived = report["open"]
+        assert arrived["all"]["n"] >= 1 and arrived["errors"] == 0 and arrived["unfinished"] == 0
+        assert arrived["offered_per_s"] == round(arrived["all"]["n"] / 3, 3)
+        assert len((out / f"answers-{report['mode']}-open.jsonl").read_text().splitlines()) == arrived["all"]["n"]
     # the engine reports its steps; the old batcher has no engine, and ran from its own tree
     assert continuous["mixed"]["engine"]["steps"] > 0 and "engine" not in before["mixed"]
     assert continuous["mixed"]["engine"]["urgent_steps"] >= 0  # read from the server's metrics
