@@ -251,6 +251,8 @@ def run_mode(mode: str, home: Path, model: str, args: argparse.Namespace, out: P
 
 
 def plot(reports: list[dict], path: Path) -> None:
+    """p95 latencies per scenario and mode (log scale), and closed-loop throughput beside them
+    when a closed-loop scenario ran."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -258,26 +260,30 @@ def plot(reports: list[dict], path: Path) -> None:
 
     rows = [("interference", "short", "short 64x8 beside 400x120x4"),
             ("mixed", "short", "mixed soak: short"), ("mixed", "long", "mixed soak: long"),
+            ("open", "short", "open-loop mix: short"), ("open", "long", "open-loop mix: long"),
             ("open", "all", "open-loop mix: all")]
-    rows = [row for row in rows if any(row[0] in report for report in reports)]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    rows = [row for row in rows if all(row[0] in report for report in reports)]
+    scenarios = [s for s in ("throughput", "mixed") if all(s in r for r in reports)]
+    figure, axes = plt.subplots(1, 2 if scenarios else 1, figsize=(12 if scenarios else 7, 4.5))
+    left = axes[0] if scenarios else axes
     width = 0.8 / len(reports)
     offsets = [width * (i - (len(reports) - 1) / 2) for i in range(len(reports))]
     for offset, report in zip(offsets, reports):
-        p95 = [report.get(s, {}).get(k, {}).get("p95_s", 0) for s, k, _ in rows]
+        p95 = [report[s][k].get("p95_s", 0) for s, k, _ in rows]
         left.bar(np.arange(len(rows)) + offset, p95, width, label=LABELS[report["mode"]])
     left.set_xticks(range(len(rows)), [label for *_, label in rows], fontsize=8)
     left.set_ylabel("p95 latency (s)")
     left.set_yscale("log")
     left.legend()
-    scenarios = [s for s in ("throughput", "mixed") if all(s in r for r in reports)]
-    for offset, report in zip(offsets, reports):
-        right.bar(np.arange(len(scenarios)) + offset,
-                  [report[s]["throughput_per_s"] for s in scenarios], width, label=LABELS[report["mode"]])
-    right.set_xticks(range(len(scenarios)), ["32 x 400x120" if s == "throughput" else "mixed soak"
-                                             for s in scenarios])
-    right.set_ylabel("forecasts / s")
-    right.legend()
+    if scenarios:
+        right = axes[1]
+        for offset, report in zip(offsets, reports):
+            right.bar(np.arange(len(scenarios)) + offset,
+                      [report[s]["throughput_per_s"] for s in scenarios], width, label=LABELS[report["mode"]])
+        right.set_xticks(range(len(scenarios)), ["32 x 400x120" if s == "throughput" else "mixed soak"
+                                                 for s in scenarios])
+        right.set_ylabel("forecasts / s")
+        right.legend()
     figure.suptitle("continuous vs request-level batching (small model, 2 CPU threads)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
