@@ -7,8 +7,8 @@ shorter and asserts on them. Run all (a server with the tiny dev model is starte
     .venv/bin/python scripts/reliability.py --quick    # shorter
     .venv/bin/python scripts/reliability.py --url http://127.0.0.1:3000 --probe event_loop
 
-``huge_request`` (one maximal legal request must not make later requests time out) needs the
-engine's cost control (issue #17 point 1): it reports, it is not asserted by the tests yet.
+``huge_request``: the largest request the cost control admits (``max_request_cost``), then small
+requests; none of those may time out (the engine runs them in its short lane).
 """
 from __future__ import annotations
 
@@ -31,6 +31,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_server import import_dev_model, running_server  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kronos_runtime.engine import series_cost  # noqa: E402
+from kronos_serving.settings import Settings  # noqa: E402
 
 ROW = [10.0, 10.5, 9.8, 10.2, 1000.0, 10200.0]
 QUICK = {"data": [ROW] * 8, "pred_len": 1}
@@ -253,11 +257,20 @@ def probe_worker_kill(server, wait_s: float = 30) -> dict:
             else "nothing within the wait", "exit_code": server.process.poll()}
 
 
+def largest_legal_paths(rows: int, pred_len: int, max_context: int = 512) -> int:
+    """The most sample paths (up to 32) a ``rows`` x ``pred_len`` exact-mode request may have
+    under the default ``max_request_cost``."""
+    limit = Settings().max_request_cost
+    return max(p for p in range(1, 33) if series_cost(rows, pred_len, p, max_context, True) <= limit)
+
+
 def probe_huge_request(url: str, timeout_s: float, follow_s: float = 60) -> dict:
-    """One maximal legal request (2048 rows, pred_len 512, 32 paths) then small requests for
-    ``follow_s``: how many of those time out (needs the engine's cost control to be 0)."""
+    """The largest request the cost control admits (2048 rows, pred_len 512, as many paths as
+    ``max_request_cost`` allows), then small requests for ``follow_s``: how many of those time
+    out (0: they do not wait behind it)."""
+    paths = largest_legal_paths(2048, 512)
     huge = {"data": [[r + i * 1e-4 for r in ROW] for i in range(2048)], "pred_len": 512,
-            "sample_count": 32}
+            "sample_count": paths}
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(httpx.post, url + "/v1/predict/single", json=huge,
                             timeout=timeout_s + 35)
@@ -272,7 +285,7 @@ def probe_huge_request(url: str, timeout_s: float, follow_s: float = 60) -> dict
             huge_status: int | str = first.result().status_code
         except httpx.HTTPError as exc:
             huge_status = type(exc).__name__
-    return {"probe": "huge_request", "huge_status": huge_status, "later_statuses": statuses,
+    return {"probe": "huge_request", "huge_paths": paths, "huge_status": huge_status, "later_statuses": statuses,
             "later_timed_out": statuses.get(504, 0)}
 
 

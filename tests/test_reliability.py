@@ -22,8 +22,8 @@ from kronos_serving.schemas import BatchRequest, SingleRequest
 from kronos_serving.settings import Settings
 from local_server import free_port, import_dev_model, running_server
 from reliability import (max_body, probe_connection_cap, probe_event_loop, probe_memory,
-                         probe_rate_limit, probe_rolling_restart, probe_slow_connections,
-                         probe_worker_kill, worker_pids)
+                         probe_huge_request, probe_rate_limit, probe_rolling_restart,
+                         probe_slow_connections, probe_worker_kill, worker_pids)
 
 RATE = 30  # per minute
 
@@ -322,3 +322,14 @@ def test_a_killed_worker_in_a_container_makes_the_server_exit_non_zero(home, tmp
     print(figures)
     assert figures["outcome"] == "server exited" and figures["exit_code"] not in (0, None)
     assert '"event": "worker_lost"' in srv.log()
+
+
+def test_the_largest_admitted_request_does_not_make_later_small_ones_time_out(home, tmp_path):
+    env = {"KRONOS_MODEL": home[1], "KRONOS_TIMEOUT_S": "20"}
+    with running_server(home[0], env, tmp_path / "s.log") as srv:
+        figures = probe_huge_request(srv.url, 20, follow_s=8)
+    print(figures)
+    assert figures["huge_paths"] > 1 and figures["huge_status"] in (200, 504)  # admitted, not 400
+    assert figures["later_timed_out"] == 0 and set(figures["later_statuses"]) == {200}, figures
+    assert sum(figures["later_statuses"].values()) >= 5
+
