@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import random
-import re
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
 from load_test import Shape  # noqa: E402
-from local_server import import_dev_model, running_server  # noqa: E402
+from local_server import import_dev_model, metric_values, running_server  # noqa: E402
 
 SHORT = Shape(64, 8)
 LONG = Shape(400, 120, 4)
@@ -72,26 +71,42 @@ def mixed_body(rng: random.Random, mix: str) -> dict:
     return body
 
 
+class Answers:
+    """(body, latency, status) of every request sent with :meth:`send`; the requests still in
+    flight when the scenario ends count as status ``UNANSWERED`` with their time so far (a
+    lower bound)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.answered: list[tuple[dict, float, int]] = []
+        self.in_flight: dict[int, tuple[dict, float]] = {}
+
+    async def send(self, key: int, body: dict, http: httpx.AsyncClient) -> None:
+        begin = time.perf_counter()
+        self.in_flight[key] = (body, begin)
+        try:
+            status = (await http.post(self.url + "/v1/predict/single", json=body)).status_code
+        except httpx.HTTPError:
+            status = 0
+        del self.in_flight[key]
+        self.answered.append((body, time.perf_counter() - begin, status))
+
+    def all(self) -> list[tuple[dict, float, int]]:
+        ended = time.perf_counter()
+        return self.answered + [(body, ended - begin, UNANSWERED) for body, begin in self.in_flight.values()]
+
+
 async def clients(url: str, bodies, count: int, duration: float, drain: float) -> list[tuple[dict, float, int]]:
     """``count`` closed-loop clients for ``duration`` s; (body, latency, status) per answer.
 
     A request still unanswered ``drain`` s after the end counts as one answer of status
     ``UNANSWERED``, with its time so far as latency (a lower bound)."""
-    answers: list[tuple[dict, float, int]] = []
-    in_flight: dict[int, tuple[dict, float]] = {}
+    answers = Answers(url)
     stop_at = time.perf_counter() + duration
 
     async def client(index: int, http: httpx.AsyncClient) -> None:
         while time.perf_counter() < stop_at:
-            body = bodies(index)
-            begin = time.perf_counter()
-            in_flight[index] = (body, begin)
-            try:
-                status = (await http.post(url + "/v1/predict/single", json=body)).status_code
-            except httpx.HTTPError:
-                status = 0
-            del in_flight[index]
-            answers.append((body, time.perf_counter() - begin, status))
+            await answers.send(index, bodies(index), http)
 
     limits = httpx.Limits(max_connections=count + 4)
     async with httpx.AsyncClient(timeout=duration + drain, limits=limits) as http:
@@ -99,8 +114,7 @@ async def clients(url: str, bodies, count: int, duration: float, drain: float) -
         await asyncio.wait(tasks, timeout=duration + drain)
         for task in tasks:
             task.cancel()
-    ended = time.perf_counter()
-    return answers + [(body, ended - begin, UNANSWERED) for body, begin in in_flight.values()]
+    return answers.all()
 
 
 async def open_loop(url: str, bodies, rate: float, duration: float, drain: float,
@@ -109,33 +123,20 @@ async def open_loop(url: str, bodies, rate: float, duration: float, drain: float
     ``1.5 * rate * duration`` of them), each sent at its arrival; (body, latency, status) per
     answer, unanswered ones as in :func:`clients`."""
     arrivals = random.Random(seed)
-    answers: list[tuple[dict, float, int]] = []
-    in_flight: dict[int, tuple[dict, float]] = {}
+    answers = Answers(url)
     cap = int(1.5 * rate * duration) + 1
-
-    async def send(index: int, body: dict, http: httpx.AsyncClient) -> None:
-        begin = time.perf_counter()
-        in_flight[index] = (body, begin)
-        try:
-            status = (await http.post(url + "/v1/predict/single", json=body)).status_code
-        except httpx.HTTPError:
-            status = 0
-        del in_flight[index]
-        answers.append((body, time.perf_counter() - begin, status))
-
     limits = httpx.Limits(max_connections=cap + 4)
     async with httpx.AsyncClient(timeout=duration + drain, limits=limits) as http:
         tasks, started = [], time.perf_counter()
         next_at = arrivals.expovariate(rate)
         while next_at < duration and len(tasks) < cap:
             await asyncio.sleep(max(0.0, started + next_at - time.perf_counter()))
-            tasks.append(asyncio.create_task(send(len(tasks), bodies(len(tasks)), http)))
+            tasks.append(asyncio.create_task(answers.send(len(tasks), bodies(len(tasks)), http)))
             next_at += arrivals.expovariate(rate)
         await asyncio.wait(tasks, timeout=max(0.001, started + duration + drain - time.perf_counter()))
         for task in tasks:
             task.cancel()
-    ended = time.perf_counter()
-    return answers + [(body, ended - begin, UNANSWERED) for body, begin in in_flight.values()]
+    return answers.all()
 
 
 def latencies(answers: list[tuple[dict, float, int]], keep=lambda body: True) -> list[float]:
@@ -165,13 +166,12 @@ def engine_metrics(url: str) -> dict:
     text = httpx.get(url + "/v1/metrics", timeout=10).text
 
     def total(name: str) -> float:
-        return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
+        return sum(metric_values(text, name))
     steps = total("kronos_engine_step_seconds_count")
     return {"steps": steps, "step_seconds": total("kronos_engine_step_seconds_sum"),
             "rows_sum": total("kronos_engine_live_rows_sum"),
             "urgent_steps": total("kronos_engine_urgent_steps_total"),
-            "worst_step_s": max([float(v) for v in re.findall(
-                r"^kronos_engine_worst_step_seconds(?:{[^}]*})? ([0-9.e+-]+)$", text, re.M)] or [0])}
+            "worst_step_s": max(metric_values(text, "kronos_engine_worst_step_seconds") or [0])}
 
 
 def delta(before: dict, after: dict) -> dict:

@@ -111,7 +111,11 @@ def readiness_after_loading(server: Server, tries: int = 100) -> httpx.Response:
     return ready
 
 
+def metric_values(text: str, name: str) -> list[float]:
+    """The ``name`` samples (every label set) of a Prometheus text exposition."""
+    return [float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M)]
+
+
 def metric_total(server: Server, name: str) -> float:
     """Sum of the ``name`` samples (every label set) on the server's ``/v1/metrics``."""
-    text = httpx.get(server.url + "/v1/metrics", timeout=10).text
-    return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M))
+    return sum(metric_values(httpx.get(server.url + "/v1/metrics", timeout=10).text, name))

@@ -30,9 +30,9 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_server import import_dev_model, running_server  # noqa: E402
+from local_server import ROOT, import_dev_model, running_server  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(ROOT))
 from kronos_runtime.engine import series_cost  # noqa: E402
 from kronos_serving.settings import Settings  # noqa: E402
 
